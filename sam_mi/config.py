@@ -1,0 +1,127 @@
+"""Configuration keys of SAM-MI.
+
+Every key this project adds lives under ``MODEL.SAM_MI`` except the few solver keys the optimizer and
+schedule need (``SOLVER.*``).  Keys that can be derived from the built model (CLIP embedding width,
+guidance channels, mask resolution) are derived in ``SAMMI.from_config`` rather than configured, so they
+can never disagree with the weights.
+"""
+from detectron2.config import CfgNode as CN
+
+# OpenAI CLIP normalisation, expressed in 0-255 RGB (CAT-Seg's CLIP_PIXEL_MEAN/STD).
+CLIP_PIXEL_MEAN = [122.7709383, 116.7460125, 104.09373615]
+CLIP_PIXEL_STD = [68.5005327, 66.6321579, 70.3231630]
+
+
+def add_sam_mi_config(cfg: CN) -> None:
+    """Add SAM-MI's keys (with the paper's defaults) to a detectron2 config, in place."""
+    # ---------------------------------------------------------------- solver
+    cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD"
+    # lr multiplier for CLIP's trainable (Q/V) parameters: 2e-4 * 0.01 = 2e-6 as in CAT-Seg / the paper.
+    cfg.SOLVER.CLIP_MULTIPLIER = 0.01
+    # lr multiplier for TSPP; stage 2 trains TSPP "with a reduced learning rate" (Sec. 3.5).
+    cfg.SOLVER.TSPP_MULTIPLIER = 1.0
+    # weight decay of nn.Embedding / learned padding tokens (Mask2Former / CAT-Seg habit).
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    # power of fvcore's PolynomialDecayParamScheduler when LR_SCHEDULER_NAME == "WarmupPolyLR".
+    cfg.SOLVER.POLY_LR_POWER = 0.9
+
+    s = cfg.MODEL.SAM_MI = CN()
+    # 1: train TSPP alone with L_tspp, everything else frozen; 2: train the whole model with
+    # L_ce + lambda_tspp * L_tspp (Sec. 3.5).  Ignored at test time.
+    s.TRAIN_STAGE = 2
+    # Optional JSON list of class names that replaces the dataset's vocabulary (for custom prompts).
+    s.VOCABULARY_JSON = ""
+
+    # ---------------------------------------------------------------- CLIP (Sec. 3.1)
+    s.CLIP = CN()
+    # open_clip model name: "ViT-B-16", "ViT-L-14-336", or "sam-mi-tiny" (random tiny CLIP for tests).
+    s.CLIP.MODEL_NAME = "ViT-B-16"
+    # "openai" (open_clip's pretrained tag, needs the weights in open_clip's cache), a local checkpoint
+    # file, or "" for random initialisation (tiny configurations, tests).
+    s.CLIP.PRETRAINED = "openai"
+    # input resolution of CLIP's image encoder: 384 for ViT-B/16 (pos. embedding resized), 336 for L/14.
+    s.CLIP.RESOLUTION = [384, 384]
+    # blocks whose outputs guide the upsampling decoder (CAT-Seg: 3/7 for ViT-B, 7/15 for ViT-L).
+    s.CLIP.GUIDANCE_LAYERS = [3, 7]
+    # "attention": only Q and V projections of both encoders train (CAT-Seg v2); "full"; "frozen".
+    s.CLIP.FINETUNE = "attention"
+    # prompt templates: "single" ("A photo of a {} in the scene"), "imagenet_select" (8), "imagenet" (80).
+    s.CLIP.PROMPT_TEMPLATES = "single"
+    s.CLIP.PIXEL_MEAN = CLIP_PIXEL_MEAN
+    s.CLIP.PIXEL_STD = CLIP_PIXEL_STD
+    # classes are sent through the text encoder in chunks of this size (847-class vocabularies).
+    s.CLIP.TEXT_BATCH_SIZE = 256
+
+    # ---------------------------------------------------------------- cost aggregation (CAT-Seg)
+    s.AGGREGATOR = CN()
+    s.AGGREGATOR.HIDDEN_DIM = 128
+    s.AGGREGATOR.TEXT_GUIDANCE_PROJ_DIM = 128
+    s.AGGREGATOR.APPEARANCE_GUIDANCE_PROJ_DIM = 128
+    s.AGGREGATOR.DECODER_DIMS = [64, 32]
+    # channels of the two upsampled CLIP guidance maps (upsample1 / upsample2 outputs).
+    s.AGGREGATOR.DECODER_GUIDANCE_DIMS = [256, 128]
+    s.AGGREGATOR.DECODER_GUIDANCE_PROJ_DIMS = [32, 16]
+    s.AGGREGATOR.NUM_LAYERS = 2
+    s.AGGREGATOR.NUM_HEADS = 4
+    # class-aggregation average pooling: [2, 2] for training, [1, 1] in the evaluation protocol.
+    s.AGGREGATOR.POOLING_SIZES = [2, 2]
+    s.AGGREGATOR.WINDOW_SIZE = 12
+    s.AGGREGATOR.ATTENTION_TYPE = "linear"  # "linear" or "full"
+    # class aggregation pads to / selects the top-k of this many classes.
+    s.AGGREGATOR.PAD_LEN = 256
+
+    # ---------------------------------------------------------------- TSPP (Sec. 3.2)
+    s.TSPP = CN()
+    s.TSPP.ENABLED = True
+    # "learned" (TSPP probabilities), "grid" (all GRID_SIZE^2 points, Table 5 "uniform grid"),
+    # "random" (RANDOM_POINTS points drawn uniformly from the grid, Table 5 "random sampling").
+    s.TSPP.SAMPLING = "learned"
+    s.TSPP.GRID_SIZE = 32  # d_h = d_w
+    s.TSPP.G_P = 5  # Eq. 5: one expected point per g_p grid points of a mask ...
+    s.TSPP.M_P = 10  # ... and at most m_p expected points per mask
+    s.TSPP.RANDOM_POINTS = 64
+    s.TSPP.HIDDEN_DIM = 32
+    s.TSPP.LAMBDA_MSE = 0.5  # L_tspp = L_ce^mask + lambda_mse * L_mse
+    s.TSPP.LOSS_WEIGHT = 0.1  # lambda_tspp in stage 2 (stage 1 uses L_tspp alone)
+
+    # ---------------------------------------------------------------- SAM (frozen)
+    s.SAM = CN()
+    s.SAM.ENABLED = True
+    s.SAM.VARIANT = "sam"  # "sam", "hq_sam", "sam2", "mobile_sam", "fast_sam"
+    s.SAM.MODEL_TYPE = "vit_h"  # the variant's registry key ("vit_h", "vit_l", "vit_b", "tiny", ...)
+    s.SAM.CHECKPOINT = ""  # path to the variant's checkpoint (required unless MODEL_TYPE is "tiny")
+    s.SAM.IMAGE_SIZE = 1024  # SAM's input size, independent of CLIP's
+    s.SAM.POINTS_PER_BATCH = 64  # points decoded together (memory bound)
+    # SAM's automatic-mask-generator filters (defaults tuned for ViT-H).
+    s.SAM.PRED_IOU_THRESH = 0.88
+    s.SAM.STABILITY_SCORE_THRESH = 0.95
+    s.SAM.STABILITY_SCORE_OFFSET = 1.0
+    s.SAM.BOX_NMS_THRESH = 0.7
+
+    # ---------------------------------------------------------------- SMAgg (Sec. 3.3)
+    s.SMAGG = CN()
+    s.SMAGG.ENABLED = True
+    s.SMAGG.ALPHA_SMA = 0.5
+
+    # ---------------------------------------------------------------- DMI (Sec. 3.4)
+    s.DMI = CN()
+    s.DMI.LOW_ENABLED = True  # Eq. 8-10
+    s.DMI.HIGH_ENABLED = True  # Eq. 11-12
+    s.DMI.NUM_HEADS = 8  # heads of the inter-mask cross-attention (Eq. 10)
+    s.DMI.HIGH_HIDDEN_DIM = 64  # width of proj / MLP in the high-frequency injection
+
+    # ---------------------------------------------------------------- data (training mapper)
+    s.INPUT = CN()
+    s.INPUT.COLOR_AUG_SSD = True
+    # RandomCrop_CategoryAreaConstraint: max fraction of the crop one category may cover.
+    s.INPUT.SINGLE_CATEGORY_MAX_AREA = 1.0
+    # pad training images (value 128) and labels (ignore) to a multiple of this; -1 disables.
+    s.INPUT.SIZE_DIVISIBILITY = 384
+
+    # ---------------------------------------------------------------- inference
+    s.INFERENCE = CN()
+    # The OVSS protocol (CAT-Seg eval.sh): sliding window on a 640x640 resize, 4 crops + 1 global view.
+    s.INFERENCE.SLIDING_WINDOW = False
+    s.INFERENCE.WINDOW_SIZE = 384
+    s.INFERENCE.WINDOW_OVERLAP = 0.333
+    s.INFERENCE.OUT_RESOLUTION = 640

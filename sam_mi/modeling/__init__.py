@@ -1,0 +1,3 @@
+from .meta_arch import SAMMI
+
+__all__ = ["SAMMI"]

@@ -1,0 +1,255 @@
+"""Frozen SAM that decodes masks from sparse point prompts (SAM-MI §3.2, "Text-guided Sparse Point Prompter").
+
+SAM-MI prompts SAM with a few points picked by TSPP instead of SAM's dense 32×32 grid; the rest of SAM's
+automatic-mask-generator (AMG) pipeline is kept: every point is one positive prompt, the decoder runs in
+multimask mode (3 candidates per point), candidates are filtered by predicted IoU and stability score,
+deduplicated by box NMS (score = predicted IoU) and binarised at logit 0.
+
+Resolution choice (deviation from AMG, on purpose): AMG upsamples every candidate's 256×256 low-res logits to
+the full image before filtering, which dominates its runtime and memory (data_and_sam.md §3.1). Here the
+filters, boxes and NMS run on the LOW-RES logits, cropped to the un-padded image region (for SAM at 1024 the
+256×256 map covers the padded 1024² square, so an H×W image keeps ceil(256·h_in/1024) × ceil(256·w_in/1024)
+of it, h_in×w_in being the resized image). Only the survivors are resampled — one bilinear sample of the
+logits straight into `out_size` (exact geometry through `grid_sample`, instead of SAM's two chained
+resizes), then thresholded at 0. Stability scores at low res are coarser by 4× per side than AMG's, so the
+same thresholds keep slightly different sets; IoU-based NMS is scale invariant up to rounding of box edges.
+"""
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
+from torch import nn
+from torchvision.ops import batched_nms
+
+__all__ = [
+    "PointPromptedSAM",
+    "resize_longest_side_shape",
+    "points_to_input_frame",
+    "filter_candidates",
+    "logits_to_out_size",
+]
+
+
+def resize_longest_side_shape(h: int, w: int, long_side: int) -> Tuple[int, int]:
+    """Size of an h×w image resized so that its longest side is `long_side` (SAM's `get_preprocess_shape`)."""
+    scale = long_side * 1.0 / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def points_to_input_frame(points: torch.Tensor, image_size: Tuple[int, int], input_size: Tuple[int, int]) -> torch.Tensor:
+    """Normalised (x, y) points -> pixel coordinates in the model's input frame.
+
+    Same arithmetic as AMG: scale to image pixels (x·W, y·H), then `ResizeLongestSide.apply_coords`
+    (x·w_in/W, y·h_in/H), with input_size = (h_in, w_in) the resized (un-padded) image size.
+    points: [N,2] in [0,1]  ->  [N,2] float pixels.
+    """
+    h, w = image_size
+    h_in, w_in = input_size
+    pix = points.float() * points.new_tensor([float(w), float(h)])
+    return pix * pix.new_tensor([w_in / w, h_in / h])
+
+
+def filter_candidates(
+    logits: torch.Tensor,
+    iou_pred: torch.Tensor,
+    pred_iou_thresh: float,
+    stability_score_thresh: float,
+    stability_score_offset: float,
+    mask_threshold: float = 0.0,
+) -> torch.Tensor:
+    """AMG's per-candidate filters. logits: [M,h,w] (cropped low-res), iou_pred: [M] -> keep: Bool[M].
+
+    Keeps predicted IoU > pred_iou_thresh and stability >= stability_score_thresh (as AMG), and also drops
+    masks that are empty after binarising at `mask_threshold` (AMG would keep them when the stability
+    threshold is 0; an empty mask carries no region for SMAgg/DMI and would give a degenerate box).
+    Stability is 0/0 = NaN when no pixel exceeds threshold-offset; NaN fails the test, as in AMG.
+    """
+    keep = iou_pred > pred_iou_thresh
+    stability = calculate_stability_score(logits, mask_threshold, stability_score_offset)
+    keep &= stability >= stability_score_thresh
+    keep &= (logits > mask_threshold).flatten(1).any(dim=1)
+    return keep
+
+
+def logits_to_out_size(
+    logits: torch.Tensor, input_size: Tuple[int, int], frame_size: Tuple[int, int], out_size: Tuple[int, int]
+) -> torch.Tensor:
+    """Resample low-res logits of the whole (padded) model frame into the image frame at `out_size`.
+
+    logits: [M,l_h,l_w] covering the model's `frame_size` (e.g. 1024×1024) of which the image occupies the
+    top-left `input_size`; returns logits [M,h_o,w_o]. Output pixel centre (i+0.5)/h_o of the image lies at
+    (i+0.5)/h_o·h_in in the model frame; grid_sample(align_corners=False) with border padding gives the
+    same bilinear convention as SAM's F.interpolate calls.
+    """
+    h_o, w_o = out_size
+    dev = logits.device
+    ys = (torch.arange(h_o, device=dev, dtype=torch.float32) + 0.5) / h_o * input_size[0] / frame_size[0]
+    xs = (torch.arange(w_o, device=dev, dtype=torch.float32) + 0.5) / w_o * input_size[1] / frame_size[1]
+    gy, gx = torch.meshgrid(ys * 2 - 1, xs * 2 - 1, indexing="ij")
+    grid = torch.stack([gx, gy], dim=-1)[None]  # [1,h_o,w_o,2] (x, y)
+    out = F.grid_sample(logits[None].float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out[0]
+
+
+class PointPromptedSAM(nn.Module):
+    """Frozen SAM (segment-anything `Sam`) decoding masks from point prompts; see the module docstring.
+
+    Subclasses (variants.py) override `_embed` and `_decode` (and `preserve_aspect` / normalisation) to wrap
+    other SAM-like models behind the same `encode` / `generate` interface.
+
+    Args:
+        sam: a segment_anything `Sam` (or compatible) model; frozen here.
+        image_size: side of the square model input (1024 for the official checkpoints).
+        points_per_batch: prompts decoded together (memory bound).
+        pred_iou_thresh, stability_score_thresh, stability_score_offset, box_nms_thresh: AMG filters.
+    """
+
+    #: SAM resizes the longest side and pads; SAM2 stretches to a square (no padding).
+    preserve_aspect: bool = True
+
+    def __init__(
+        self,
+        sam: nn.Module,
+        image_size: int,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        pixel_mean: Sequence[float] = (123.675, 116.28, 103.53),
+        pixel_std: Sequence[float] = (58.395, 57.12, 57.375),
+        mask_threshold: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if points_per_batch < 1:
+            raise ValueError(f"points_per_batch must be >= 1, got {points_per_batch}")
+        self.sam = sam
+        self.image_size = int(image_size)
+        self.points_per_batch = int(points_per_batch)
+        self.pred_iou_thresh = float(pred_iou_thresh)
+        self.stability_score_thresh = float(stability_score_thresh)
+        self.stability_score_offset = float(stability_score_offset)
+        self.box_nms_thresh = float(box_nms_thresh)
+        self.mask_threshold = float(mask_threshold)
+        # Plain tensors moved with the module but kept out of the state dict (`sam.` keys stay SAM's own).
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1), False)
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.train(False)
+
+    # ------------------------------------------------------------------ frozen / eval always
+    def train(self, mode: bool = True) -> "PointPromptedSAM":
+        """SAM is frozen: stay in eval mode whatever the parent asks (dropout/BN-free anyway, but be exact)."""
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def input_size(self, h: int, w: int) -> Tuple[int, int]:
+        """Size (h_in, w_in) the image occupies inside the square model frame."""
+        if self.preserve_aspect:
+            return resize_longest_side_shape(h, w, self.image_size)
+        return self.image_size, self.image_size
+
+    # ------------------------------------------------------------------ encoder
+    @torch.no_grad()
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """[B,3,H,W] float 0-255 RGB -> [B,3,S,S] normalised, resized (antialiased bilinear) and padded."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"encode expects images of shape [B,3,H,W] (RGB, 0-255), got {tuple(images.shape)}")
+        h_in, w_in = self.input_size(*images.shape[-2:])
+        x = images.to(self.pixel_mean.device, torch.float32)
+        if (h_in, w_in) != tuple(x.shape[-2:]):
+            x = F.interpolate(x, (h_in, w_in), mode="bilinear", align_corners=False, antialias=True)
+        x = (x - self.pixel_mean) / self.pixel_std
+        return F.pad(x, (0, self.image_size - w_in, 0, self.image_size - h_in))
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images: [B,3,H,W] float 0-255 RGB -> embeddings [B,C,h',w'] (whole batch in one encoder pass)."""
+        return self._embed(self.preprocess(images))
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Model input [B,3,S,S] -> embedding [B,C,h',w'] (C may pack extra features for variants)."""
+        return self.sam.image_encoder(x)
+
+    # ------------------------------------------------------------------ decoder
+    def _decode(self, embedding: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """embedding [1,C,h',w'], coords [n,1,2] input-frame pixels, labels [n,1]
+        -> (low-res logits [n,K,l,l] over the padded frame, predicted IoU [n,K]); K = 3 for SAM."""
+        sparse, dense = self.sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        return self.sam.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=self.sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        embedding: torch.Tensor,
+        points: torch.Tensor,
+        image_size: Tuple[int, int],
+        out_size: Tuple[int, int],
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Masks for one image from point prompts.
+
+        embedding: [C,h',w'] (one row of `encode`); points: [N,2] (x, y) in [0,1] of the image frame;
+        image_size: (H, W) of the image given to `encode`; out_size: (h_o, w_o).
+        Returns masks Bool[N_s,h_o,w_o] and scores (predicted IoU) [N_s], sorted by decreasing score;
+        N_s may be 0 (no points or nothing survives the filters).
+        """
+        if embedding.dim() != 3:
+            raise ValueError(f"generate takes one image's embedding [C,h,w], got {tuple(embedding.shape)}")
+        if points.dim() != 2 or points.shape[-1] != 2:
+            raise ValueError(f"points must be [N,2] (x, y) in [0,1], got {tuple(points.shape)}")
+        h_o, w_o = int(out_size[0]), int(out_size[1])
+        dev = embedding.device
+        empty = (torch.zeros(0, h_o, w_o, dtype=torch.bool, device=dev), torch.zeros(0, device=dev))
+        if points.shape[0] == 0:
+            return empty
+
+        h_in, w_in = self.input_size(int(image_size[0]), int(image_size[1]))
+        coords = points_to_input_frame(points.to(dev), image_size, (h_in, w_in))
+        emb = embedding[None]
+        kept_logits, kept_iou, kept_boxes = [], [], []
+        for start in range(0, coords.shape[0], self.points_per_batch):
+            chunk = coords[start : start + self.points_per_batch, None, :]  # [n,1,2]: one point per prompt
+            labels = torch.ones(chunk.shape[:2], dtype=torch.int, device=dev)  # positive points, as AMG
+            logits, iou = self._decode(emb, chunk, labels)
+            logits, iou = logits.flatten(0, 1).float(), iou.flatten(0, 1).float()  # all candidates, no argmax
+            l_h, l_w = logits.shape[-2:]
+            # Crop to the un-padded image region at low res (ceil: keep partly covered border cells).
+            crop_h = min(l_h, -(-h_in * l_h // self.image_size))
+            crop_w = min(l_w, -(-w_in * l_w // self.image_size))
+            cropped = logits[:, :crop_h, :crop_w]
+            keep = filter_candidates(
+                cropped, iou, self.pred_iou_thresh, self.stability_score_thresh,
+                self.stability_score_offset, self.mask_threshold,
+            )
+            kept_logits.append(logits[keep])
+            kept_iou.append(iou[keep])
+            kept_boxes.append(batched_mask_to_box(cropped[keep] > self.mask_threshold))
+        logits, iou, boxes = torch.cat(kept_logits), torch.cat(kept_iou), torch.cat(kept_boxes)
+        if iou.numel() == 0:
+            return empty
+        # NMS over all candidates of the image at once (AMG: after the batch loop), score = predicted IoU.
+        order = batched_nms(boxes.float(), iou, torch.zeros_like(iou, dtype=torch.long), self.box_nms_thresh)
+        logits, iou = logits[order], iou[order]
+        masks = logits_to_out_size(logits, (h_in, w_in), (self.image_size, self.image_size), (h_o, w_o))
+        masks = masks > self.mask_threshold
+        # A mask smaller than one output pixel vanishes at out_size; keep the "no empty masks" promise.
+        nonempty = masks.flatten(1).any(dim=1)
+        return masks[nonempty], iou[nonempty]
+
+    def extra_repr(self) -> str:
+        return (
+            f"image_size={self.image_size}, points_per_batch={self.points_per_batch}, "
+            f"pred_iou_thresh={self.pred_iou_thresh}, stability_score_thresh={self.stability_score_thresh}, "
+            f"stability_score_offset={self.stability_score_offset}, box_nms_thresh={self.box_nms_thresh}"
+        )

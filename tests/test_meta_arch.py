@@ -1,0 +1,109 @@
+"""The SAMMI meta-architecture at tiny scale: registry, inference, losses, stages, injection and fallback."""
+import pytest
+import torch
+from detectron2.modeling import META_ARCH_REGISTRY, build_model
+
+from conftest import tiny_cfg
+
+
+def random_image(h=128, w=160, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
+
+
+@pytest.fixture(scope="module")
+def stage2_model(synthetic_root):
+    torch.manual_seed(0)
+    return build_model(tiny_cfg()).eval()
+
+
+def test_sammi_is_registered():
+    assert "SAMMI" in META_ARCH_REGISTRY
+
+
+def test_tiny_inference_on_random_image(stage2_model):
+    out = stage2_model([{"image": random_image(), "height": 100, "width": 120}])[0]
+    num_classes = len(stage2_model.test_class_names)
+    assert out["sem_seg"].shape == (num_classes, 100, 120)
+    assert torch.isfinite(out["sem_seg"]).all()
+    assert (out["sem_seg"] >= 0).all() and (out["sem_seg"] <= 1).all()  # sigmoid scores
+    assert out["sam_mi"]["num_points"] > 0
+
+
+def test_masks_are_injected_and_dmi_changes_logits(stage2_model):
+    images = random_image(seed=1)[None].float()
+    names = stage2_model.test_class_names
+    with torch.no_grad():
+        with_dmi = stage2_model.predict(images, names)
+        low, high = stage2_model.dmi_low, stage2_model.dmi_high
+        stage2_model.dmi_low, stage2_model.dmi_high = None, None
+        try:
+            without = stage2_model.predict(images, names)
+        finally:
+            stage2_model.dmi_low, stage2_model.dmi_high = low, high
+    assert sum(with_dmi["masks"].num_masks) > 0
+    assert not torch.allclose(with_dmi["logits"], without["logits"])
+
+
+def test_no_masks_falls_back_to_uninjected_path(synthetic_root):
+    torch.manual_seed(0)
+    # an impossible IoU threshold: SAM returns no mask, the model must still predict, un-injected
+    model = build_model(tiny_cfg(opts=["MODEL.SAM_MI.SAM.PRED_IOU_THRESH", 1e9])).eval()
+    x = {"image": random_image(seed=2), "height": 128, "width": 160}
+    out = model([x])[0]
+    assert out["sam_mi"]["num_masks"] == 0 and out["sam_mi"]["injected"] is False
+    model.dmi_low, model.dmi_high = None, None
+    plain = model([x])[0]
+    assert torch.allclose(out["sem_seg"], plain["sem_seg"], atol=1e-6)
+
+
+def test_training_losses_and_gradients(synthetic_root):
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg()).train()
+    sem_seg = torch.randint(0, len(model.train_class_names), (128, 128))
+    sem_seg[:10] = 255
+    batch = [{"image": random_image(128, 128, s), "sem_seg": sem_seg} for s in range(2)]
+    losses = model(batch)
+    assert set(losses) == {"loss_sem_seg", "loss_tspp_ce", "loss_tspp_mse"}
+    sum(losses.values()).backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    for prefix in ("aggregator.", "tspp.", "dmi_low.", "dmi_high.", "upsample1.", "clip.model.visual."):
+        assert any(n.startswith(prefix) for n in grads), prefix
+    assert not any(n.startswith("sam.") for n in grads)
+    # Sec. 3.2: TSPP's loss does not reach CLIP's visual encoder
+    model.zero_grad()
+    (losses := model(batch))["loss_tspp_ce"].backward()
+    visual = [p.grad for n, p in model.named_parameters() if n.startswith("clip.model.visual.")]
+    assert all(g is None or g.abs().sum() == 0 for g in visual)
+
+
+def test_stage1_trains_tspp_only(synthetic_root):
+    model = build_model(tiny_cfg("configs/tiny/sam_mi_tiny_stage1.yaml")).train()
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"tspp"}
+    sem_seg = torch.randint(0, len(model.train_class_names), (128, 128))
+    losses = model([{"image": random_image(128, 128), "sem_seg": sem_seg}])
+    assert set(losses) == {"loss_tspp_ce", "loss_tspp_mse"}
+
+
+def test_vocabulary_and_bad_input(stage2_model):
+    with pytest.raises(ValueError, match="empty vocabulary"):
+        stage2_model.set_vocabulary([])
+    old = stage2_model.test_class_names
+    try:
+        stage2_model.set_vocabulary(["cat", "dog", "sky"])
+        out = stage2_model([{"image": random_image(), "height": 64, "width": 80}])[0]
+        assert out["sem_seg"].shape == (3, 64, 80)
+    finally:
+        stage2_model.set_vocabulary(old)
+    with pytest.raises(ValueError, match="RGB"):
+        stage2_model([{"image": torch.zeros(1, 64, 64, dtype=torch.uint8)}])
+
+
+def test_sliding_window_protocol(synthetic_root):
+    model = build_model(
+        tiny_cfg(opts=["MODEL.SAM_MI.INFERENCE.SLIDING_WINDOW", True, "MODEL.SAM_MI.AGGREGATOR.POOLING_SIZES", [1, 1]])
+    ).eval()
+    out = model([{"image": random_image(150, 200), "height": 150, "width": 200}])[0]
+    assert out["sem_seg"].shape == (len(model.test_class_names), 150, 200)
+    assert torch.isfinite(out["sem_seg"]).all()
