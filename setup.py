@@ -21,9 +21,11 @@ setup(
         "iopath",
         "tqdm",
         "tabulate",
+        # class lists of the in-domain benchmarks and the MESS datasets/evaluator
+        "mess-benchmark==0.2",
+        "segment-anything-hq==0.3",
     ],
     extras_require={
-        "mess": ["mess-benchmark==0.2"],
         "dev": ["pytest"],
     },
 )

@@ -47,6 +47,12 @@ fi
 
 echo "[setup] installing requirements.txt"
 pip install -r requirements.txt
+# SAM2 (Table 9) is an sdist whose setup.py compiles a CUDA extension in an isolated build env that would
+# pull another torch; its Python code needs no extension, so build it against the installed torch instead.
+if ! "$PY" -c "import sam2" 2>/dev/null; then
+  echo "[setup] installing sam2==1.1.0 (Python only)"
+  SAM2_BUILD_CUDA=0 "$PY" -m pip --disable-pip-version-check -q install --no-build-isolation --no-deps sam2==1.1.0
+fi
 echo "[setup] installing sam_mi (editable)"
 pip install --no-deps -e .
 "$PY" -c "import detectron2, open_clip, segment_anything, sam_mi; print('[setup] ok: detectron2', detectron2.__version__, '| open_clip', open_clip.__version__)"

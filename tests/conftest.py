@@ -4,6 +4,8 @@ import os
 import pytest
 import torch
 
+import sam_mi  # noqa: F401  (registers SAMMI and the datasets)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 torch.set_num_threads(min(2, torch.get_num_threads()))

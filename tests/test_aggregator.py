@@ -14,6 +14,7 @@ from sam_mi.modeling.aggregator import Aggregator, cost_volume, select_top_class
 from sam_mi.modeling.layers import (
     ClassTransformerLayer,
     GuidedSwinBlock,
+    LinearAttention,
     full_attention,
     linear_attention,
     shifted_window_mask,
@@ -136,7 +137,7 @@ def naive_class_layer(layer: ClassTransformerLayer, x: torch.Tensor, guid: torch
     q = att.q(torch.cat([xn, g], -1)).reshape(-1, L, nh, C // nh)
     k = att.k(torch.cat([xn, g], -1)).reshape(-1, L, nh, C // nh)
     v = att.v(xn).reshape(-1, L, nh, C // nh)
-    if isinstance(att.attention, torch.nn.Module) and type(att.attention).__name__ == "LinearAttention":
+    if isinstance(att.attention, LinearAttention):
         o = naive_linear_attention(q, k, v)
     else:
         a = torch.einsum("nlhd,nshd->nlsh", q, k) / math.sqrt(C // nh)

@@ -65,8 +65,6 @@ def test_split_attention_loads_fused_state_dict():
 
 def test_split_open_clip_model_is_numerically_unchanged():
     torch.manual_seed(0)
-    import sam_mi.modeling.clip  # noqa: F401  registers sam-mi-tiny
-
     ref = open_clip.create_model(TINY, force_quick_gelu=True).eval()
     split = copy.deepcopy(ref)
     assert split_attention_(split) == 6
@@ -141,7 +139,7 @@ def _reference_dense(clip: DenseCLIP, images: torch.Tensor, res: int):
         return F.linear(h, sd[p + ".mlp.c_proj.weight"], sd[p + ".mlp.c_proj.bias"])
 
     def in_proj(x, p):
-        w = torch.cat([sd[p + ".attn.q_proj_weight"], sd[p + ".attn.k_proj_weight"], sd[p + ".attn.v_proj_weight"]])
+        w = torch.cat([sd[f"{p}.attn.{n}_proj_weight"] for n in "qkv"])
         return F.linear(x, w, sd[p + ".attn.in_proj_bias"])
 
     def out_proj(x, p):
@@ -237,7 +235,8 @@ def test_encode_text_matches_direct_encoding_and_first_synonym():
     names = ["person, individual, someone", "cat", "traffic light", "bed "]
     out = clip.encode_text(names)
     assert out.shape == (4, 8, 32)
-    prompts = [t.format(n) for n in ["person", "cat", "traffic light", "bed "] for t in PROMPT_TEMPLATES["imagenet_select"]]
+    first = ["person", "cat", "traffic light", "bed "]
+    prompts = [t.format(n) for n in first for t in PROMPT_TEMPLATES["imagenet_select"]]
     with torch.no_grad():
         ref = F.normalize(clip.model.encode_text(clip.tokenizer(prompts)), dim=-1).reshape(4, 8, 32)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
@@ -273,28 +272,31 @@ def test_text_cache_per_vocabulary_and_never_stale():
     a2 = clip.encode_text(["cat", "dog"])
     assert a2 is not a and not torch.allclose(a2, a)
     with torch.no_grad():
-        ref = F.normalize(clip.model.encode_text(clip.tokenizer(["A photo of a cat in the scene", "A photo of a dog in the scene"])), dim=-1)
+        tokens = clip.tokenizer(["A photo of a cat in the scene", "A photo of a dog in the scene"])
+        ref = F.normalize(clip.model.encode_text(tokens), dim=-1)
     torch.testing.assert_close(a2[:, 0], ref, atol=1e-5, rtol=1e-5)
 
     # in-place weight change in eval mode (no train() call) is detected through tensor versions
     with torch.no_grad():
         clip.model.text_projection.mul_(2.0).add_(0.1)
     assert clip.encode_text(["cat", "dog"]) is not a2
+    # frozen text encoder in training mode (stage 1 / finetune="frozen"): cached too, identical values
+    frozen = make_clip(finetune="frozen").train()
+    f1 = frozen.encode_text(["cat"])
+    assert not f1.requires_grad and frozen.encode_text(["cat"]) is f1
     # loading a state dict clears the cache
     clip.load_state_dict(make_clip().state_dict())
     assert len(clip._text_cache) == 0
 
 
 # ---------------------------------------------------------------------------------------------- loading
+@pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_load_openai_style_state_dict_jit_and_catseg_prefixed(tmp_path):
     torch.manual_seed(1)
-    import sam_mi.modeling.clip  # noqa: F401
-
     src = open_clip.create_model(TINY, force_quick_gelu=True).eval()  # fused in_proj_weight, like OpenAI's
     torch.save(src.state_dict(), tmp_path / "tiny.pt")
     jit_src = copy.deepcopy(src)
-    for extra in ("input_resolution", "context_length", "vocab_size"):  # OpenAI JIT archives carry these
-        jit_src.register_buffer(extra, torch.tensor(1))
+    jit_src.register_buffer("input_resolution", torch.tensor(224))  # a non-weight entry, as in OpenAI's .pt
     torch.jit.save(torch.jit.script(jit_src), str(tmp_path / "tiny_jit.pt"))
     prefixed = {"sem_seg_head.predictor.clip_model." + k: v for k, v in make_clip().state_dict().items()}
     prefixed = {k.replace("clip_model.model.", "clip_model."): v for k, v in prefixed.items()}
@@ -335,4 +337,5 @@ def test_missing_weights_error_says_what_to_download(tmp_path, monkeypatch):
     # a file placed where open_clip / CAT-Seg cache it is found without any download
     url_name = "ViT-B-16.pt"
     (tmp_path / url_name).write_bytes(b"")
-    assert resolve_pretrained("ViT-B/16", "openai", cache_dir=str(tmp_path), allow_download=False) == str(tmp_path / url_name)
+    found = resolve_pretrained("ViT-B/16", "openai", cache_dir=str(tmp_path), allow_download=False)
+    assert found == str(tmp_path / url_name)

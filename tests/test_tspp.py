@@ -190,8 +190,9 @@ def test_sample_points_frequency_and_coordinates():
     gen = torch.Generator().manual_seed(0)
     prob = torch.rand(4, 5, generator=gen) * 2.0 - 0.5  # covers < 0 and > 1
     prob[0, 0], prob[0, 1] = -1.0, 3.0
-    grid = {(round(x, 6), round(y, 6)) for x, y in
-            zip(((torch.arange(5) + 0.5) / 5).repeat(4).tolist(), ((torch.arange(4) + 0.5) / 4).repeat_interleave(5).tolist())}
+    xs = ((torch.arange(5) + 0.5) / 5).repeat(4).tolist()
+    ys = ((torch.arange(4) + 0.5) / 4).repeat_interleave(5).tolist()
+    grid = {(round(x, 6), round(y, 6)) for x, y in zip(xs, ys)}
     counts, n_draws, n_points = torch.zeros(4, 5), 3000, []
     for _ in range(n_draws):
         pts = sample_points(prob, generator=gen)

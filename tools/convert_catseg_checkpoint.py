@@ -37,7 +37,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     # detectron2 checkpoints may hold non-tensor metadata (iteration, optimizer state): full unpickling.
     checkpoint = torch.load(args.input, map_location="cpu", weights_only=False)
     state_dict = unwrap_checkpoint(checkpoint)
-    converted, report = convert_catseg_state_dict(state_dict, allow_unmapped=args.allow_unmapped)
+    try:
+        converted, report = convert_catseg_state_dict(state_dict, allow_unmapped=args.allow_unmapped)
+    except ValueError as e:  # v1 checkpoint / foreign keys: the message says what to do
+        raise SystemExit(f"{args.input}: {e}")
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     torch.save({"model": converted, "__author__": "CAT-Seg (converted by sam-mi)"}, args.output)
     num_params = sum(v.numel() for v in converted.values())

@@ -9,7 +9,7 @@ MIN_SIZE_TEST / MAX_SIZE_TEST; the evaluator reads the GT files itself).
 """
 import copy
 import math
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Tuple, Union
 
 import numpy as np
 import torch
@@ -103,7 +103,7 @@ class SemanticDatasetMapper:
             "size_divisibility": cfg.MODEL.SAM_MI.INPUT.SIZE_DIVISIBILITY,
         }
 
-    def _read(self, dataset_dict: Dict[str, Any]) -> "tuple[np.ndarray, np.ndarray]":
+    def _read(self, dataset_dict: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
         if "sem_seg_file_name" not in dataset_dict:
             raise ValueError(
                 f"record for {dataset_dict.get('file_name')!r} has no 'sem_seg_file_name'; the training mapper "

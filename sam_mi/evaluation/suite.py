@@ -53,17 +53,6 @@ OVSS_SUITE = (
 PROTOCOL_OPTS = ["MODEL.SAM_MI.INFERENCE.SLIDING_WINDOW", True, "MODEL.SAM_MI.AGGREGATOR.POOLING_SIZES", [1, 1]]
 RESULT_FILE = "results.json"
 
-# Preparation scripts of the standard benchmarks (CAT-Seg's names, datasets/README.md), used when the
-# dataset's metadata does not carry its own `prepare_command`.
-_STANDARD_PREPARE = {
-    "ade20k_full_sem_seg_freq_val_all": "python datasets/prepare_ade20k_full.py",
-    "context_459_test_sem_seg": "python datasets/prepare_pascal_context_459.py",
-    "ade20k_150_test_sem_seg": "python datasets/prepare_ade20k_150.py",
-    "context_59_test_sem_seg": "python datasets/prepare_pascal_context_59.py",
-    "voc_2012_test_sem_seg": "python datasets/prepare_voc.py",
-    "voc_2012_test_background_sem_seg": "python datasets/prepare_voc.py",
-    "coco_2017_test_stuff_all_sem_seg": "python datasets/prepare_coco_stuff.py",
-}
 
 
 @dataclass
@@ -89,7 +78,8 @@ def resolve_suite(spec: str) -> List[str]:
         elif token == "mess":
             names.extend(register_mess_datasets())
         else:
-            if token not in DatasetCatalog.list():
+            # unknown names may be MESS ones; known MESS ones are re-rooted if $DETECTRON2_DATASETS changed
+            if token not in DatasetCatalog.list() or is_mess_dataset(token):
                 try:
                     register_mess_datasets()
                 except ImportError as e:
@@ -107,15 +97,15 @@ def apply_protocol(cfg) -> List[str]:
 
 
 def preparation_command(dataset_name: str) -> str:
-    """How to prepare ``dataset_name``: the MESS package's entry point, the metadata's
-    ``prepare_command``, or the benchmark's script in ``datasets/``."""
+    """How to prepare ``dataset_name``: the MESS package's entry point, else the ``prepare_command`` the
+    dataset's registration put in its metadata (the standard benchmarks' scripts in ``datasets/``)."""
     if is_mess_dataset(dataset_name):
         return mess_prepare_command(dataset_name)
     if dataset_name in MetadataCatalog.list():
         command = MetadataCatalog.get(dataset_name).get("prepare_command", None)
         if command:
             return str(command)
-    return _STANDARD_PREPARE.get(dataset_name, "see datasets/README.md")
+    return "see datasets/README.md"
 
 
 def dataset_size(dataset_name: str) -> int:
@@ -219,8 +209,13 @@ def _plan(names: Sequence[str], output_dir: str):
         try:
             pending[name] = dataset_size(name)
         except Exception as e:  # noqa: BLE001 - any loader error means "not prepared"
-            reason = "not registered" if isinstance(e, KeyError) else f"not prepared ({type(e).__name__}: {e})"
-            skipped[name] = f"{reason}; prepare it with: {preparation_command(name)}"
+            if isinstance(e, KeyError):
+                skipped[name] = "not a registered dataset name (check the spelling; MESS names need mess-benchmark)"
+                continue
+            command = preparation_command(name)
+            reason = f"not prepared ({type(e).__name__}: {e})"
+            # the standard benchmarks' loaders already name their command; say it once
+            skipped[name] = reason if command in reason else f"{reason}; prepare it with: {command}"
     return done, pending, skipped
 
 

@@ -11,7 +11,6 @@ Three parts:
 Point convention: (x, y) normalised to [0, 1] at grid-cell centres, x first, row-major order, exactly as
 ``segment_anything.utils.amg.build_point_grid``.
 """
-import math
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -54,7 +53,11 @@ def mask_skeleton(masks: Tensor) -> Tuple[Tensor, Tensor]:
     Returns:
         (skeleton Bool[K, d_h, d_w], edt Tensor[K, d_h, d_w] float32).
     """
+    if masks.dim() != 3 or masks.dtype != torch.bool:
+        raise ValueError(f"masks must be a bool tensor [K, d_h, d_w], got {masks.dtype} {tuple(masks.shape)}")
     k, d_h, d_w = masks.shape
+    if k == 0:
+        return masks.clone(), masks.new_zeros((0, d_h, d_w), dtype=torch.float32)
     coords = _grid_coords(d_h, d_w, masks.device)
     dist = torch.cdist(coords, coords)  # [N, N]
     # distance to the virtual background ring just outside the grid
@@ -76,9 +79,6 @@ def mask_skeleton(masks: Tensor) -> Tuple[Tensor, Tensor]:
         contains &= m.unsqueeze(1) & ~eye
         skels.append(m & ~contains.any(dim=2))
         edts.append(edt)
-    if k == 0:
-        empty = masks.new_zeros((0, d_h, d_w), dtype=torch.float32)
-        return masks.clone(), empty
     return torch.cat(skels).reshape(k, d_h, d_w), torch.cat(edts).reshape(k, d_h, d_w)
 
 

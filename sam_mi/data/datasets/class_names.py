@@ -66,7 +66,7 @@ COCO_STUFF_171_IDS: List[int] = [c["id"] - 1 for c in _COCO_THINGS] + list(range
 # Evaluated class names: detectron2's ADE20K_SEM_SEG_CATEGORIES (with synonyms, e.g. "road, route").
 ADE20K_150_CLASSES: List[str] = list(ADE20K_SEM_SEG_CATEGORIES)
 # Prompts: CAT-Seg's datasets/ade150.json (= the first names of ADE's objectInfo150), which differs from
-# detectron2's first synonyms for 11 classes ("windowpane" vs "window ", "bathtub" vs "tub", ...). CAT-Seg's
+# detectron2's first synonyms for 10 classes ("windowpane" vs "window ", "bathtub" vs "tub", ...). CAT-Seg's
 # published numbers use this list, so it is the vocabulary. Kept verbatim, including "bed " (CLIP's
 # tokenizer strips the trailing space). No installed package holds this list.
 ADE20K_150_VOCABULARY: List[str] = [

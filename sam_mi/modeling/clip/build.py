@@ -8,6 +8,7 @@ open_clip state dicts, safetensors, and checkpoints that hold CLIP under a prefi
 """
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -151,7 +152,11 @@ def _strip_to_clip(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
             f"key, found {len(anchors)}"
         )
     prefix = anchors[0][: -len("visual.conv1.weight")]
-    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix) and k[len(prefix):] not in _JIT_EXTRAS}
+    return {
+        k[len(prefix):]: v
+        for k, v in state_dict.items()
+        if k.startswith(prefix) and k[len(prefix):] not in _JIT_EXTRAS
+    }
 
 
 def load_clip_state_dict(path: str) -> Dict[str, Tensor]:
@@ -164,7 +169,9 @@ def load_clip_state_dict(path: str) -> Dict[str, Tensor]:
         raw = load_file(path, device="cpu")
     else:
         try:  # OpenAI distributes TorchScript archives (ViT-B-16.pt, ViT-L-14-336px.pt)
-            raw = torch.jit.load(path, map_location="cpu").state_dict()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
+                raw = torch.jit.load(path, map_location="cpu").state_dict()
         except RuntimeError:
             raw = torch.load(path, map_location="cpu", weights_only=True)
     for wrapper in ("state_dict", "model"):
@@ -178,6 +185,12 @@ def load_clip_state_dict(path: str) -> Dict[str, Tensor]:
 def load_clip_weights(model: nn.Module, state_dict: Dict[str, Tensor], source: str = "checkpoint") -> None:
     """Load a CLIP state dict (split q/k/v layout) into our model, strictly, with a readable error."""
     state_dict = split_in_proj_weights(state_dict)
+    # Non-persistent buffers (open_clip's causal attn_mask) are rebuilt by the model; TorchScript archives
+    # save them anyway.
+    persistent = model.state_dict().keys()
+    for name, _ in model.named_buffers():
+        if name not in persistent:
+            state_dict.pop(name, None)
     if "logit_scale" in state_dict and state_dict["logit_scale"].shape != model.logit_scale.shape:
         state_dict["logit_scale"] = state_dict["logit_scale"].reshape(model.logit_scale.shape)
     try:
@@ -233,7 +246,12 @@ def build_clip_model(
         cache_dir / allow_download: see ``resolve_pretrained``.
     """
     name = canonical_model_name(model_name)
-    model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu, precision="fp32", device="cpu")
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # open_clip warns "initialized randomly" even though we load below
+    try:
+        model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu, device="cpu")
+    finally:
+        logging.disable(previous)
     if not isinstance(model, open_clip.CLIP) or not isinstance(model.visual, open_clip.transformer.VisionTransformer):
         raise ValueError(f"{name!r} is not a ViT CLIP with an OpenAI-style text tower; DenseCLIP needs one")
     if split_attention_(model) == 0:
@@ -242,4 +260,6 @@ def build_clip_model(
         path = resolve_pretrained(name, pretrained, cache_dir=cache_dir, allow_download=allow_download)
         logger.info("Loading CLIP weights for %s from %s", name, path)
         load_clip_weights(model, load_clip_state_dict(path), source=path)
+    else:
+        logger.info("CLIP %s randomly initialised (pretrained='')", name)
     return model

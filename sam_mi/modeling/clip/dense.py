@@ -68,7 +68,9 @@ class DenseCLIP(nn.Module):
         visual = self.model.visual
         num_blocks = len(visual.transformer.resblocks)
         if len(resolution) != 2 or any(int(r) % visual.patch_size[0] for r in resolution):
-            raise ValueError(f"resolution {tuple(resolution)} must be (H, W) multiples of the patch size {visual.patch_size}")
+            raise ValueError(
+                f"resolution {tuple(resolution)} must be (H, W) multiples of the patch size {visual.patch_size}"
+            )
         bad = [i for i in guidance_layers if not 0 <= int(i) < num_blocks - 1]
         if bad:
             raise ValueError(
@@ -191,16 +193,17 @@ class DenseCLIP(nn.Module):
     def encode_text(self, class_names: Sequence[str]) -> Tensor:
         """class names (T) -> L2-normalised text embeddings [T, P, D], P = number of templates.
 
-        Only the first synonym of "a, b, c" names is used (CAT-Seg v2).  Training mode: computed fresh on
-        every call (the text encoder is being tuned).  Eval mode: cached per vocabulary (key = class-name
-        tuple + templates, checked against the text weights' versions); the cache is cleared on
-        ``train()`` and on ``load_state_dict``, so it is never stale."""
+        Only the first synonym of "a, b, c" names is used (CAT-Seg v2).  Training mode with a trainable text
+        encoder: computed fresh on every call, with gradients.  Otherwise (eval mode, or a frozen text
+        encoder): cached per vocabulary (key = class-name tuple + templates; an entry is only returned if the
+        text weights' versions, device and dtype are unchanged) and computed without gradients.  The cache
+        is also cleared on ``train()`` and on ``load_state_dict``, so it is never stale."""
         if isinstance(class_names, str):
             raise TypeError("encode_text expects a sequence of class names, not a single string")
         names = tuple(class_names)
         tokens = self._tokens(names)  # raises ValueError on an empty vocabulary
         num_templates = len(self.templates)
-        if self.training:
+        if self.training and any(p.requires_grad for p in self._text_params):
             return self._encode_prompts(tokens).reshape(len(names), num_templates, -1)
         key, version = (names, self.templates), self._text_version()
         cached = self._text_cache.get(key, version)

@@ -144,7 +144,9 @@ class ClassTransformerLayer(nn.Module):
         super().__init__()
         self.pooling_size: Optional[Tuple[int, int]] = tuple(pooling_size) if pooling_size is not None else None
         self.attention = AttentionLayer(hidden_dim, guidance_dim, nheads=nheads, attention_type=attention_type)
-        self.MLP = nn.Sequential(nn.Linear(hidden_dim, hidden_dim * 4), nn.ReLU(), nn.Linear(hidden_dim * 4, hidden_dim))
+        self.MLP = nn.Sequential(
+            nn.Linear(hidden_dim, hidden_dim * 4), nn.ReLU(), nn.Linear(hidden_dim * 4, hidden_dim)
+        )
         self.norm1 = nn.LayerNorm(hidden_dim)
         self.norm2 = nn.LayerNorm(hidden_dim)
         self.pad_len = pad_len

@@ -1,4 +1,5 @@
 """Frozen SAM (and variants) decoding masks from sparse point prompts; see point_decoder.py."""
+
 from .build import (
     SAM_CHECKPOINT_URLS,
     VARIANTS,

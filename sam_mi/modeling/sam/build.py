@@ -3,6 +3,7 @@
 `build_mask_generator` is the only entry point the rest of SAM-MI uses (docs/CONTRACTS.md); it reads no
 config (SAMMI.from_config maps `MODEL.SAM_MI.SAM.*` onto its arguments).
 """
+
 import os
 from functools import partial
 from typing import Callable, Dict, Mapping, Optional
@@ -59,18 +60,32 @@ def build_tiny_sam(image_size: int = 128, sam_module=None, hq: bool = False) -> 
     decoder_kwargs = {"vit_dim": embed_dim} if hq else {}
     return m.Sam(
         image_encoder=m.ImageEncoderViT(
-            img_size=image_size, patch_size=patch, embed_dim=embed_dim, depth=2, num_heads=2, mlp_ratio=2.0,
-            out_chans=prompt_dim, qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6),
-            use_rel_pos=True, window_size=min(4, grid), global_attn_indexes=(1,),
+            img_size=image_size,
+            patch_size=patch,
+            embed_dim=embed_dim,
+            depth=2,
+            num_heads=2,
+            mlp_ratio=2.0,
+            out_chans=prompt_dim,
+            qkv_bias=True,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True,
+            window_size=min(4, grid),
+            global_attn_indexes=(1,),
         ),
         prompt_encoder=m.PromptEncoder(
-            embed_dim=prompt_dim, image_embedding_size=(grid, grid), input_image_size=(image_size, image_size),
+            embed_dim=prompt_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(image_size, image_size),
             mask_in_chans=4,
         ),
         mask_decoder=decoder_cls(
             num_multimask_outputs=3,
             transformer=m.TwoWayTransformer(depth=2, embedding_dim=prompt_dim, mlp_dim=64, num_heads=2),
-            transformer_dim=prompt_dim, iou_head_depth=3, iou_head_hidden_dim=32, **decoder_kwargs,
+            transformer_dim=prompt_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=32,
+            **decoder_kwargs,
         ),
         pixel_mean=[123.675, 116.28, 103.53],
         pixel_std=[58.395, 57.12, 57.375],
@@ -150,7 +165,9 @@ def build_sam_model(model_type: str, checkpoint: str = "", image_size: int = OFF
     from segment_anything import sam_model_registry
 
     if model_type not in SAM_CHECKPOINT_URLS:
-        raise ValueError(f"unknown SAM model type '{model_type}'; choose one of {sorted(SAM_CHECKPOINT_URLS)} or 'tiny'")
+        raise ValueError(
+            f"unknown SAM model type '{model_type}'; choose one of {sorted(SAM_CHECKPOINT_URLS)} or 'tiny'"
+        )
     if image_size != OFFICIAL_IMAGE_SIZE:
         raise ValueError(
             f"official SAM '{model_type}' runs at image size {OFFICIAL_IMAGE_SIZE} (fixed position embeddings); "
@@ -220,7 +237,12 @@ def build_mask_generator(
     """
     build = _build_variant(variant)
     return build(
-        model_type=model_type, checkpoint=checkpoint, image_size=image_size, points_per_batch=points_per_batch,
-        pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh,
-        stability_score_offset=stability_score_offset, box_nms_thresh=box_nms_thresh,
+        model_type=model_type,
+        checkpoint=checkpoint,
+        image_size=image_size,
+        points_per_batch=points_per_batch,
+        pred_iou_thresh=pred_iou_thresh,
+        stability_score_thresh=stability_score_thresh,
+        stability_score_offset=stability_score_offset,
+        box_nms_thresh=box_nms_thresh,
     )

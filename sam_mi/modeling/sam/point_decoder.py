@@ -14,7 +14,8 @@ logits straight into `out_size` (exact geometry through `grid_sample`, instead o
 resizes), then thresholded at 0. Stability scores at low res are coarser by 4× per side than AMG's, so the
 same thresholds keep slightly different sets; IoU-based NMS is scale invariant up to rounding of box edges.
 """
-from typing import Optional, Sequence, Tuple
+
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,9 @@ def resize_longest_side_shape(h: int, w: int, long_side: int) -> Tuple[int, int]
     return int(h * scale + 0.5), int(w * scale + 0.5)
 
 
-def points_to_input_frame(points: torch.Tensor, image_size: Tuple[int, int], input_size: Tuple[int, int]) -> torch.Tensor:
+def points_to_input_frame(
+    points: torch.Tensor, image_size: Tuple[int, int], input_size: Tuple[int, int]
+) -> torch.Tensor:
     """Normalised (x, y) points -> pixel coordinates in the model's input frame.
 
     Same arithmetic as AMG: scale to image pixels (x·W, y·H), then `ResizeLongestSide.apply_coords`
@@ -177,7 +180,9 @@ class PointPromptedSAM(nn.Module):
         return self.sam.image_encoder(x)
 
     # ------------------------------------------------------------------ decoder
-    def _decode(self, embedding: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _decode(
+        self, embedding: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """embedding [1,C,h',w'], coords [n,1,2] input-frame pixels, labels [n,1]
         -> (low-res logits [n,K,l,l] over the padded frame, predicted IoU [n,K]); K = 3 for SAM."""
         sparse, dense = self.sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
@@ -229,8 +234,12 @@ class PointPromptedSAM(nn.Module):
             crop_w = min(l_w, -(-w_in * l_w // self.image_size))
             cropped = logits[:, :crop_h, :crop_w]
             keep = filter_candidates(
-                cropped, iou, self.pred_iou_thresh, self.stability_score_thresh,
-                self.stability_score_offset, self.mask_threshold,
+                cropped,
+                iou,
+                self.pred_iou_thresh,
+                self.stability_score_thresh,
+                self.stability_score_offset,
+                self.mask_threshold,
             )
             kept_logits.append(logits[keep])
             kept_iou.append(iou[keep])

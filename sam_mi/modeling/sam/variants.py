@@ -1,4 +1,4 @@
-"""SAM variants behind the `PointPromptedSAM` interface (paper Table 6 compares SAM backbones).
+"""SAM variants behind the `PointPromptedSAM` interface (paper Table 9 compares SAM variants).
 
 Each variant's package is optional and imported only when that variant is built. Extra encoder features a
 variant's decoder needs are packed into the single embedding tensor `encode` returns (channels
@@ -7,11 +7,11 @@ contract `encode -> Tensor[B,C,h',w']`, `generate(embedding[C,h',w'], ...)` hold
 variant specific and callers must treat the embedding as opaque.
 
 Status here (CPU, no weights): "hq_sam" (segment-anything-hq 0.3) and "sam2" (PyPI sam2 1.1.0, installed
-with SAM2_BUILD_CUDA=0, no compilation) are tested with tiny random models; "mobile_sam" (through
-`ultralytics`) is written against ultralytics' SAM API but untested (ultralytics not installed);
-"fast_sam" is not point-promptable at the decoder level and raises NotImplementedError.
+with SAM2_BUILD_CUDA=0, no compilation) are tested with tiny random models. "mobile_sam" and "fast_sam"
+(paper Table 9's fast variants) are built from `ultralytics` in ultralytics_variants.py (re-exported here)
+and tested with tiny random models of their real architectures (tests/test_sam_variants.py).
 """
-import os
+
 from typing import List, Optional, Tuple
 
 import torch
@@ -20,6 +20,7 @@ from torch import nn
 
 from .build import OFFICIAL_IMAGE_SIZE, build_tiny_sam, load_checkpoint, require_checkpoint
 from .point_decoder import PointPromptedSAM
+from .ultralytics_variants import build_fast_sam_generator, build_mobile_sam_generator
 
 __all__ = [
     "HQSAMPointPrompted",
@@ -33,7 +34,8 @@ __all__ = [
 ]
 
 HQ_SAM_CHECKPOINT_URLS = {
-    t: f"https://huggingface.co/lkeab/hq-sam/resolve/main/sam_hq_{t}.pth" for t in ("vit_h", "vit_l", "vit_b", "vit_tiny")
+    t: f"https://huggingface.co/lkeab/hq-sam/resolve/main/sam_hq_{t}.pth"
+    for t in ("vit_h", "vit_l", "vit_b", "vit_tiny")
 }
 SAM2_CONFIGS = {
     "hiera_t": "configs/sam2.1/sam2.1_hiera_t.yaml",
@@ -48,9 +50,9 @@ SAM2_CHECKPOINT_URLS = {
     "hiera_b+": _SAM2_URL.format("hiera_base_plus"),
     "hiera_l": _SAM2_URL.format("hiera_large"),
 }
-# Tiny SAM2 for tests: Hiera-T config shrunk (4 stages of 1 block, width 16, windowed attention only, 256 px input).
+# Tiny SAM2 for tests: Hiera-T config shrunk (4 stages of 1 block, width 16, windowed attention only); the
+# input side (a multiple of 128, so that every Hiera stage holds whole 4x4 windows) is added by build_sam2_model.
 _SAM2_TINY_OVERRIDES = [
-    "++model.image_size=256",
     "++model.image_encoder.trunk.embed_dim=16",
     "++model.image_encoder.trunk.num_heads=1",
     "++model.image_encoder.trunk.stages=[1,1,1,1]",
@@ -93,7 +95,9 @@ class HQSAMPointPrompted(PointPromptedSAM):
         emb, interm = self.sam.image_encoder(x)
         return torch.cat([emb, interm[0].permute(0, 3, 1, 2)], dim=1)
 
-    def _decode(self, embedding: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _decode(
+        self, embedding: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         c = self.sam.prompt_encoder.embed_dim
         emb, vit = embedding[:, :c], embedding[:, c:].permute(0, 2, 3, 1)
         sparse, dense = self.sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
@@ -116,7 +120,9 @@ def build_hq_sam_model(model_type: str, checkpoint: Optional[str], image_size: i
     if model_type == "tiny":
         return build_tiny_sam(image_size, sam_module=hq, hq=True)
     if model_type not in HQ_SAM_CHECKPOINT_URLS:
-        raise ValueError(f"unknown HQ-SAM model type '{model_type}'; choose one of {sorted(HQ_SAM_CHECKPOINT_URLS)} or 'tiny'")
+        raise ValueError(
+            f"unknown HQ-SAM model type '{model_type}'; choose one of {sorted(HQ_SAM_CHECKPOINT_URLS)} or 'tiny'"
+        )
     if image_size != OFFICIAL_IMAGE_SIZE:
         raise ValueError(f"HQ-SAM '{model_type}' runs at image size {OFFICIAL_IMAGE_SIZE}, got {image_size}")
     if checkpoint is not None:  # fail before a slow build
@@ -152,14 +158,16 @@ class SAM2PointPrompted(PointPromptedSAM):
         _, feats, _, _ = model._prepare_backbone_features(backbone_out)
         if model.directly_add_no_mem_embed:
             feats[-1] = feats[-1] + model.no_mem_embed
-        sizes = self._feature_sizes()[-len(feats):]
+        sizes = self._feature_sizes()[-len(feats) :]
         maps = [f.permute(1, 2, 0).reshape(x.shape[0], -1, *hw) for f, hw in zip(feats, sizes)]  # HW,B,C -> B,C,H,W
         packed = [maps[-1]]
         for m in maps[:-1]:
             packed.append(F.pixel_unshuffle(m, m.shape[-1] // maps[-1].shape[-1]))
         return torch.cat(packed, dim=1)
 
-    def _decode(self, embedding: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _decode(
+        self, embedding: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         model = self.sam
         d = model.sam_prompt_encoder.embed_dim
         high_res = None
@@ -183,15 +191,20 @@ class SAM2PointPrompted(PointPromptedSAM):
 
 
 def build_sam2_model(model_type: str, checkpoint: Optional[str], image_size: int) -> nn.Module:
-    """SAM 2.1 model ("hiera_t", "hiera_s", "hiera_b+", "hiera_l"; "tiny" = shrunk random Hiera at 256 px)."""
+    """SAM 2.1 model ("hiera_t", "hiera_s", "hiera_b+", "hiera_l"; "tiny" = shrunk random Hiera, side % 128 == 0)."""
     _require("sam2", "sam2", " (SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2 skips the CUDA extension)")
     from sam2.build_sam import build_sam2
 
     if model_type == "tiny":
-        if image_size != 256:
-            raise ValueError(f"the tiny SAM2 test model runs at image size 256, got {image_size}")
-        return build_sam2(SAM2_CONFIGS["hiera_t"], None, device="cpu", hydra_overrides_extra=list(_SAM2_TINY_OVERRIDES),
-                          apply_postprocessing=False)
+        if image_size % 128:
+            raise ValueError(f"the tiny SAM2 test model needs image_size divisible by 128 (128, 256, ...), got {image_size}")
+        return build_sam2(
+            SAM2_CONFIGS["hiera_t"],
+            None,
+            device="cpu",
+            hydra_overrides_extra=[*_SAM2_TINY_OVERRIDES, f"++model.image_size={image_size}"],
+            apply_postprocessing=False,
+        )
     if model_type not in SAM2_CONFIGS:
         raise ValueError(f"unknown SAM2 model type '{model_type}'; choose one of {sorted(SAM2_CONFIGS)} or 'tiny'")
     if image_size != OFFICIAL_IMAGE_SIZE:
@@ -209,36 +222,3 @@ def build_sam2_generator(model_type: str, checkpoint: str, image_size: int, **kw
     model = build_sam2_model(model_type, None if model_type == "tiny" else checkpoint, image_size)
     # SAM2 normalises [0,1] images by ImageNet mean/std, identical to SAM's 0-255 constants.
     return SAM2PointPrompted(model, image_size, **_thresholds(kw))
-
-
-# ---------------------------------------------------------------------------------------------- MobileSAM / FastSAM
-def build_mobile_sam_generator(model_type: str, checkpoint: str, image_size: int, **kw) -> PointPromptedSAM:
-    """MobileSAM through `ultralytics.SAM(checkpoint)` (e.g. mobile_sam.pt): a TinyViT encoder with SAM's
-    prompt encoder / mask decoder (same call signatures as segment-anything), so the SAM path applies as is.
-
-    Untested here: ultralytics is not installed in this environment (heavy dependency tree) and no weights
-    are available. The path is checked first because ultralytics would otherwise try to download weights.
-    """
-    if not checkpoint or not os.path.isfile(checkpoint):
-        raise FileNotFoundError(
-            f"MobileSAM checkpoint '{checkpoint}' not found. Get mobile_sam.pt from "
-            "https://github.com/ultralytics/assets/releases (or the MobileSAM repo's weights/mobile_sam.pt) and set "
-            "MODEL.SAM_MI.SAM.CHECKPOINT to its path."
-        )
-    if image_size != OFFICIAL_IMAGE_SIZE:
-        raise ValueError(f"MobileSAM runs at image size {OFFICIAL_IMAGE_SIZE}, got {image_size}")
-    ultralytics = _require("ultralytics", "ultralytics")
-    model = ultralytics.SAM(checkpoint).model  # ultralytics SAMModel: image_encoder / prompt_encoder / mask_decoder
-    return PointPromptedSAM(model, image_size, **_thresholds(kw))
-
-
-def build_fast_sam_generator(model_type: str, checkpoint: str, image_size: int, **kw) -> PointPromptedSAM:
-    """FastSAM is a YOLOv8-seg model that segments everything in one pass and answers point prompts by
-    selecting among those masks afterwards; it has no prompt encoder / mask decoder to feed TSPP's points,
-    so it cannot sit behind `encode` (embedding) + `generate` (points -> decoded masks) without turning
-    SAM-MI's point prompting into mask selection. Not supported."""
-    raise NotImplementedError(
-        "variant 'fast_sam' is not supported: FastSAM (ultralytics.FastSAM) has no point-prompted mask decoder — "
-        "it predicts all masks at once and filters them by point afterwards — so it does not fit SAM-MI's "
-        "encode/generate interface. Use 'sam', 'hq_sam', 'sam2' or 'mobile_sam' (MODEL.SAM_MI.SAM.VARIANT)."
-    )

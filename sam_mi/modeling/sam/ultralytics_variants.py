@@ -1,0 +1,338 @@
+"""MobileSAM and FastSAM (paper Table 9, "fast SAM" rows) behind `PointPromptedSAM`, built from `ultralytics`.
+
+Both come from the `ultralytics` package (pip install ultralytics), imported only when one of these variants
+is built. Before that import SAM-MI sets YOLO_OFFLINE=1 and YOLO_AUTOINSTALL=0 unless the user set them:
+SAM-MI uses ultralytics as a model library only, so it must never probe the network, download assets or
+pip-install modules at run time (ultralytics does all three by default). Checkpoints are checked before.
+
+* MobileSAM ("vit_t"): TinyViT image encoder + SAM's prompt encoder / mask decoder (ultralytics
+  `build_mobile_sam`, the same modules and call signatures as segment-anything), so SAM's point decoding,
+  filters and NMS (`PointPromptedSAM`) apply unchanged. "tiny" = the same architecture (10.1M parameters)
+  randomly initialised and run at `image_size` (TinyViT's attention biases are per window, so
+  `set_imgsz` makes any side divisible by 16 work; 128 px encodes in ~0.06 s on one CPU core vs ~2.6 s at 1024).
+* FastSAM ("x" = FastSAM-x / YOLOv8x-seg, 72M; "s" = FastSAM-s / YOLOv8s-seg): a "segment everything"
+  model, not point-promptable at a decoder. Point prompting follows FastSAM's own point prompt
+  (ultralytics `FastSAMPredictor.prompt`): run everything mode once per image, keep the masks that contain a
+  positive point. See `FastSAMPointPrompted` for the mapping onto `encode` / `generate`.
+"""
+
+import math
+import os
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import batched_nms
+
+from .build import OFFICIAL_IMAGE_SIZE, load_checkpoint, require_checkpoint
+from .point_decoder import PointPromptedSAM, filter_candidates, logits_to_out_size, points_to_input_frame
+
+__all__ = [
+    "MOBILE_SAM_CHECKPOINT_URL",
+    "FAST_SAM_CHECKPOINT_URLS",
+    "FastSAMPointPrompted",
+    "build_mobile_sam_model",
+    "build_mobile_sam_generator",
+    "build_fast_sam_model",
+    "build_fast_sam_generator",
+    "pack_yolo_outputs",
+    "unpack_yolo_outputs",
+    "yolo_nms",
+    "select_masks_by_points",
+]
+
+MOBILE_SAM_CHECKPOINT_URL = "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt"
+FAST_SAM_CHECKPOINT_URLS = {
+    t: f"https://github.com/ultralytics/assets/releases (FastSAM-{t}.pt; also linked from "
+    "https://github.com/CASIA-IVA-Lab/FastSAM)"
+    for t in ("x", "s")
+}
+#: FastSAM model type -> ultralytics architecture yaml (FastSAM is YOLOv8-seg with one class); "tiny" = n.
+FAST_SAM_ARCHS = {"x": "yolov8x-seg.yaml", "s": "yolov8s-seg.yaml", "tiny": "yolov8n-seg.yaml"}
+_YOLO_STRIDE = 32  # coarsest YOLOv8 stride; P3/P4/P5 at 8/16/32, mask prototypes at 4
+
+
+def _require_ultralytics():
+    """Import ultralytics offline (see module docstring) or say which pip package provides it."""
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_AUTOINSTALL", "0")
+    try:
+        import ultralytics
+    except ImportError as e:
+        raise ImportError(
+            "SAM variants 'mobile_sam' and 'fast_sam' need the 'ultralytics' package: "
+            "pip install --no-deps ultralytics==8.4.190 ultralytics-thop==2.2.3"
+        ) from e
+    return ultralytics
+
+
+# ---------------------------------------------------------------------------------------------- MobileSAM
+def build_mobile_sam_model(model_type: str, checkpoint: Optional[str], image_size: int) -> nn.Module:
+    """ultralytics `SAMModel` with MobileSAM's TinyViT encoder ("vit_t" from `checkpoint`; "tiny" = random).
+
+    checkpoint=None builds random weights; "" or a missing path raises (before importing ultralytics)."""
+    if model_type not in ("vit_t", "tiny"):
+        raise ValueError(f"unknown MobileSAM model type '{model_type}'; choose 'vit_t' (mobile_sam.pt) or 'tiny'")
+    if model_type == "vit_t":
+        if image_size != OFFICIAL_IMAGE_SIZE:
+            raise ValueError(f"MobileSAM 'vit_t' runs at image size {OFFICIAL_IMAGE_SIZE}, got {image_size}")
+        if checkpoint is not None:
+            require_checkpoint(checkpoint, model_type, "mobile_sam", MOBILE_SAM_CHECKPOINT_URL)
+    elif image_size % 16:
+        raise ValueError(f"the tiny MobileSAM (TinyViT, output stride 16) needs image_size divisible by 16, got {image_size}")
+    _require_ultralytics()
+    from ultralytics.models.sam.build import build_mobile_sam
+
+    model = build_mobile_sam(None)  # never pass a path: ultralytics would try to download a missing one
+    if image_size != OFFICIAL_IMAGE_SIZE:
+        model.set_imgsz([image_size, image_size])  # TinyViT resolutions + prompt encoder grid
+    if model_type == "vit_t" and checkpoint is not None:
+        load_checkpoint(model, checkpoint, model_type, "mobile_sam", MOBILE_SAM_CHECKPOINT_URL)
+    return model
+
+
+def build_mobile_sam_generator(model_type: str, checkpoint: str, image_size: int, **kw) -> PointPromptedSAM:
+    """MobileSAM inside SAM's point-prompted decoding (3 candidates per point, AMG filters, box NMS)."""
+    model = build_mobile_sam_model(model_type, None if model_type == "tiny" else checkpoint, image_size)
+    return PointPromptedSAM(model, image_size, **kw)
+
+
+# ---------------------------------------------------------------------------------------------- FastSAM
+def pack_yolo_outputs(preds: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+    """Fold YOLOv8-seg's raw outputs into one embedding at the stride-32 grid (lossless, pixel_unshuffle).
+
+    preds: [B,C_p,A] per-anchor outputs (xywh, class scores, mask coefficients), anchors of P3 (S/8)², P4
+    (S/16)², P5 (S/32)² in row-major order; protos: [B,nm,S/4,S/4].
+    Returns [B, nm·64 + C_p·21, S/32, S/32] = cat(protos, P3, P4, P5) each unshuffled to S/32.
+    """
+    b, c_p, a = preds.shape
+    g = protos.shape[-1] // 8
+    if protos.shape[-2:] != (8 * g, 8 * g) or a != 21 * g * g:
+        raise ValueError(
+            f"YOLO outputs do not fit a square input of side {32 * g}: protos {tuple(protos.shape)}, {a} anchors"
+        )
+    parts, start = [F.pixel_unshuffle(protos, 8)], 0
+    for factor in (4, 2, 1):  # P3, P4, P5
+        n = (factor * g) ** 2
+        level = preds[:, :, start : start + n].reshape(b, c_p, factor * g, factor * g)
+        parts.append(F.pixel_unshuffle(level, factor))
+        start += n
+    return torch.cat(parts, dim=1)
+
+
+def unpack_yolo_outputs(embedding: torch.Tensor, num_outputs: int, num_protos: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of `pack_yolo_outputs` for one image: [C,g,g] -> (preds [C_p,A], protos [nm,8g,8g])."""
+    c, g = embedding.shape[0], embedding.shape[-1]
+    if c != num_protos * 64 + num_outputs * 21:
+        raise ValueError(f"not a FastSAM embedding: {c} channels, expected {num_protos * 64 + num_outputs * 21}")
+    protos = F.pixel_shuffle(embedding[None, : num_protos * 64], 8)[0]
+    levels, start = [], num_protos * 64
+    for factor in (4, 2, 1):
+        n = num_outputs * factor * factor
+        levels.append(F.pixel_shuffle(embedding[None, start : start + n], factor)[0].flatten(1))
+        start += n
+    return torch.cat(levels, dim=1), protos
+
+
+def yolo_nms(
+    preds: torch.Tensor, num_classes: int, conf_thresh: float, iou_thresh: float, max_det: int = 300, max_nms: int = 30000
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """YOLOv8 NMS of one image (ultralytics `non_max_suppression`, single label per box, class-aware).
+
+    preds: [4+nc+nm, A] (xywh in input pixels, class scores, mask coefficients)
+    -> boxes xyxy [K,4], confidence [K] (sorted, decreasing), mask coefficients [K,nm]; K <= max_det.
+    Same steps as ultralytics (conf > thresh, top max_nms by confidence, per-class NMS, max_det) without its
+    wall-clock limit, which drops detections on a slow CPU.
+    """
+    x = preds.float().t()  # [A, 4+nc+nm]
+    conf, cls = x[:, 4 : 4 + num_classes].max(dim=1)
+    keep = conf > conf_thresh
+    x, conf, cls = x[keep], conf[keep], cls[keep]
+    top = conf.argsort(descending=True)[:max_nms]
+    x, conf, cls = x[top], conf[top], cls[top]
+    xy, wh = x[:, :2], x[:, 2:4]
+    boxes = torch.cat([xy - wh / 2, xy + wh / 2], dim=1)
+    order = batched_nms(boxes, conf, cls, iou_thresh)[:max_det]
+    return boxes[order], conf[order], x[order, 4 + num_classes :]
+
+
+def select_masks_by_points(contains: torch.Tensor, scores: torch.Tensor, max_per_point: Optional[int] = None) -> torch.Tensor:
+    """FastSAM's point prompt as a selection. contains: Bool[N,M] (point n lies in mask m), scores: [M]
+    -> keep Bool[M].
+
+    max_per_point=None keeps every mask that contains at least one (positive) point — ultralytics'
+    `FastSAMPredictor.prompt(points=..., labels=1)`; the original FastSAMPrompt.point_prompt merges the same
+    set into one mask, which would break SAM-MI's one-mask-per-region use. max_per_point=k keeps, per
+    point, only its k highest-scoring masks (k=1: the single most confident mask per point).
+    """
+    if contains.dim() != 2 or contains.shape[1] != scores.shape[0]:
+        raise ValueError(f"contains must be [N_points, M_masks] with M={scores.shape[0]}, got {tuple(contains.shape)}")
+    if max_per_point is None or contains.shape[0] == 0:
+        return contains.any(dim=0)
+    k = min(int(max_per_point), contains.shape[1])
+    ranked = torch.where(contains, scores[None].float(), torch.full_like(contains, float("-inf"), dtype=torch.float))
+    val, idx = ranked.topk(k, dim=1)  # [N,k]
+    keep = torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
+    keep[idx[torch.isfinite(val)]] = True
+    return keep
+
+
+def _inside_boxes(boxes: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+    """Pixels (centres ys [h], xs [w], frame pixels) inside boxes xyxy [K,4] -> Bool[K,h,w] (as `crop_mask`)."""
+    x1, y1, x2, y2 = (boxes[:, i, None] for i in range(4))
+    in_y = (ys[None] >= y1) & (ys[None] < y2)
+    in_x = (xs[None] >= x1) & (xs[None] < x2)
+    return in_y[:, :, None] & in_x[:, None, :]
+
+
+class FastSAMPointPrompted(PointPromptedSAM):
+    """FastSAM (YOLOv8-seg "everything" model) answering point prompts like FastSAM's own point prompt.
+
+    encode: letterbox (resize longest side, pad bottom-right with YOLO's grey 114 — ultralytics'
+    `LetterBox(center=False)`; top-left keeps SAM's frame arithmetic), /255, one forward; the raw head outputs
+    (per-anchor boxes / confidences / mask coefficients + mask prototypes) are packed losslessly
+    (`pack_yolo_outputs`), so the "everything" pass runs once per batch and the embedding stays opaque.
+    generate: YOLO NMS (FastSAM's defaults conf 0.4 via `pred_iou_thresh`, iou 0.9, max_det 300) ->
+    masks containing a point (`select_masks_by_points`; a point is in a mask when the bilinear sample of the
+    mask logit at the point is > 0 and the point is inside its box — the continuous form of FastSAM's
+    `masks[:, y, x]` on retina masks) -> SAM's stability filter (off unless stability_score_thresh > 0)
+    -> box NMS at `box_nms_thresh` (score = confidence) -> logits resampled to out_size, cropped to the box
+    (retina masks) and thresholded at 0 (sigmoid 0.5). Scores are YOLO confidences, sorted decreasing.
+    """
+
+    def __init__(
+        self,
+        yolo: nn.Module,
+        image_size: int,
+        iou_thresh: float = 0.9,
+        max_det: int = 300,
+        max_per_point: Optional[int] = None,
+        **kw,
+    ) -> None:
+        head = yolo.model[-1]
+        if not hasattr(head, "nm"):
+            raise ValueError(f"FastSAM needs a YOLO segmentation model (Segment head), got head {type(head).__name__}")
+        if image_size % _YOLO_STRIDE:
+            raise ValueError(f"FastSAM needs image_size divisible by {_YOLO_STRIDE}, got {image_size}")
+        super().__init__(yolo, image_size, pixel_mean=(0.0, 0.0, 0.0), pixel_std=(255.0, 255.0, 255.0), **kw)
+        self.num_classes, self.num_protos = int(head.nc), int(head.nm)
+        self.num_outputs = 4 + self.num_classes + self.num_protos
+        self.iou_thresh, self.max_det = float(iou_thresh), int(max_det)
+        self.max_per_point = max_per_point
+
+    @torch.no_grad()
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        x = super().preprocess(images)
+        h_in, w_in = self.input_size(*images.shape[-2:])
+        pad = 114.0 / 255.0  # YOLO letterbox colour
+        x[..., h_in:, :] = pad
+        x[..., :, w_in:] = pad
+        return x
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.sam(x)
+        first = out[0]  # eval mode: ((preds, protos), extras) from ultralytics' Segment head
+        preds, protos = (first[0], first[1]) if isinstance(first, (tuple, list)) else (first, out[1])
+        return pack_yolo_outputs(preds, protos)
+
+    def _decode(self, embedding, coords, labels):
+        raise NotImplementedError("FastSAM has no prompt decoder; generate selects among everything-mode masks")
+
+    @torch.no_grad()
+    def generate(
+        self, embedding: torch.Tensor, points: torch.Tensor, image_size: Tuple[int, int], out_size: Tuple[int, int]
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Same contract as `PointPromptedSAM.generate` (masks Bool[N_s,h_o,w_o], scores [N_s]); see class doc."""
+        if embedding.dim() != 3:
+            raise ValueError(f"generate takes one image's embedding [C,h,w], got {tuple(embedding.shape)}")
+        if points.dim() != 2 or points.shape[-1] != 2:
+            raise ValueError(f"points must be [N,2] (x, y) in [0,1], got {tuple(points.shape)}")
+        h_o, w_o = int(out_size[0]), int(out_size[1])
+        dev = embedding.device
+        empty = (torch.zeros(0, h_o, w_o, dtype=torch.bool, device=dev), torch.zeros(0, device=dev))
+        preds, protos = unpack_yolo_outputs(embedding.float(), self.num_outputs, self.num_protos)
+        boxes, conf, coef = yolo_nms(preds, self.num_classes, self.pred_iou_thresh, self.iou_thresh, self.max_det)
+        if points.shape[0] == 0 or conf.numel() == 0:
+            return empty
+
+        s = self.image_size
+        h_in, w_in = self.input_size(int(image_size[0]), int(image_size[1]))
+        pts = points_to_input_frame(points.to(dev), image_size, (h_in, w_in))  # [N,2] frame pixels
+        # Mask logits are linear in the prototypes, so sampling the prototypes at the points gives the logits there.
+        grid = (pts / s * 2 - 1)[None, None]  # [1,1,N,2]
+        at_pts = F.grid_sample(protos[None], grid, mode="bilinear", padding_mode="border", align_corners=False)
+        point_logits = coef @ at_pts[0, :, 0]  # [K,N]
+        px, py = pts[None, :, 0], pts[None, :, 1]
+        inside = (px >= boxes[:, :1]) & (px < boxes[:, 2:3]) & (py >= boxes[:, 1:2]) & (py < boxes[:, 3:])  # [K,N]
+        contains = (point_logits > self.mask_threshold) & inside
+        keep = select_masks_by_points(contains.t(), conf, self.max_per_point)
+        boxes, conf, coef = boxes[keep], conf[keep], coef[keep]
+        if conf.numel() == 0:
+            return empty
+
+        low = (coef @ protos.flatten(1)).view(-1, *protos.shape[-2:])  # [K,s/4,s/4] logits over the padded frame
+        l = low.shape[-1]
+        centres = (torch.arange(l, device=dev, dtype=torch.float32) + 0.5) * s / l
+        low_in_box = low.masked_fill(~_inside_boxes(boxes, centres, centres), -1e4)
+        crop_h, crop_w = min(l, math.ceil(h_in * l / s)), min(l, math.ceil(w_in * l / s))
+        ok = filter_candidates(
+            low_in_box[:, :crop_h, :crop_w],
+            conf,
+            float("-inf"),  # the confidence threshold was applied in yolo_nms
+            self.stability_score_thresh,
+            self.stability_score_offset,
+            self.mask_threshold,
+        )
+        boxes, conf, low = boxes[ok], conf[ok], low[ok]
+        boxes = torch.minimum(boxes, boxes.new_tensor([w_in, h_in, w_in, h_in]))  # clip to the image (not padding)
+        order = batched_nms(boxes, conf, torch.zeros_like(conf, dtype=torch.long), self.box_nms_thresh)
+        boxes, conf, low = boxes[order], conf[order], low[order]
+        masks = logits_to_out_size(low, (h_in, w_in), (s, s), (h_o, w_o)) > self.mask_threshold
+        ys = (torch.arange(h_o, device=dev, dtype=torch.float32) + 0.5) * h_in / h_o
+        xs = (torch.arange(w_o, device=dev, dtype=torch.float32) + 0.5) * w_in / w_o
+        masks &= _inside_boxes(boxes, ys, xs)
+        nonempty = masks.flatten(1).any(dim=1)
+        return masks[nonempty], conf[nonempty]
+
+    def extra_repr(self) -> str:
+        return (
+            f"image_size={self.image_size}, conf_thresh={self.pred_iou_thresh}, iou_thresh={self.iou_thresh}, "
+            f"max_det={self.max_det}, max_per_point={self.max_per_point}, box_nms_thresh={self.box_nms_thresh}"
+        )
+
+
+def build_fast_sam_model(model_type: str, checkpoint: Optional[str]) -> nn.Module:
+    """YOLOv8-seg of FastSAM: "x"/"s" loaded from an ultralytics checkpoint (FastSAM-x.pt / FastSAM-s.pt; a
+    pickled model, so only load files you trust), "tiny" = random YOLOv8n-seg with one class.
+    checkpoint=None builds the architecture with random weights."""
+    if model_type not in FAST_SAM_ARCHS:
+        raise ValueError(f"unknown FastSAM model type '{model_type}'; choose 'x' (FastSAM-x.pt), 's' or 'tiny'")
+    if model_type != "tiny" and checkpoint is not None:  # before importing/building anything
+        require_checkpoint(checkpoint, model_type, "fast_sam", FAST_SAM_CHECKPOINT_URLS[model_type])
+    _require_ultralytics()
+    if model_type == "tiny" or checkpoint is None:
+        from ultralytics.nn.tasks import SegmentationModel
+
+        model = SegmentationModel(FAST_SAM_ARCHS[model_type], nc=1, verbose=False)
+    else:
+        from ultralytics.nn.tasks import load_checkpoint as load_ultralytics
+
+        model, _ = load_ultralytics(checkpoint, device="cpu")
+        if not hasattr(model.model[-1], "nm"):
+            raise ValueError(
+                f"{checkpoint} is not a YOLO segmentation checkpoint (head {type(model.model[-1]).__name__}); "
+                "MODEL.SAM_MI.SAM.CHECKPOINT must point to FastSAM-x.pt or FastSAM-s.pt"
+            )
+    return model.float().fuse(verbose=False).eval()  # BN folded into convs, as ultralytics' predictor does
+
+
+def build_fast_sam_generator(
+    model_type: str, checkpoint: str, image_size: int, points_per_batch: int = 64, **kw
+) -> FastSAMPointPrompted:
+    """FastSAM behind `PointPromptedSAM`'s interface. pred_iou_thresh is FastSAM's confidence threshold
+    (its default 0.4); stability filtering applies only if stability_score_thresh > 0 (FastSAM has none)."""
+    if model_type != "tiny" and image_size != OFFICIAL_IMAGE_SIZE:
+        raise ValueError(f"FastSAM '{model_type}' runs at image size {OFFICIAL_IMAGE_SIZE} (imgsz), got {image_size}")
+    model = build_fast_sam_model(model_type, None if model_type == "tiny" else checkpoint)
+    return FastSAMPointPrompted(model, image_size, points_per_batch=points_per_batch, **kw)
