@@ -21,7 +21,8 @@ if [ -f "$stamp" ]; then
   exit 0
 fi
 
-pip() { "$PY" -m pip --disable-pip-version-check -q "$@"; }
+# pip, without the "Location ... is ignored" noise some machines' pip configuration prints
+pip() { "$PY" -m pip --disable-pip-version-check -q "$@" 2> >(grep -v '^WARNING: Location' >&2); }
 pip install --upgrade pip installer wheel setuptools
 if ! "$PY" -c "import torch, torchvision" 2>/dev/null; then
   echo "[setup] installing torch==2.14.1 torchvision==0.29.1"
@@ -51,7 +52,13 @@ pip install -r requirements.txt
 # pull another torch; its Python code needs no extension, so build it against the installed torch instead.
 if ! "$PY" -c "import sam2" 2>/dev/null; then
   echo "[setup] installing sam2==1.1.0 (Python only)"
-  SAM2_BUILD_CUDA=0 "$PY" -m pip --disable-pip-version-check -q install --no-build-isolation --no-deps sam2==1.1.0
+  SAM2_BUILD_CUDA=0 pip install --no-build-isolation --no-deps sam2==1.1.0
+fi
+# MobileSAM / FastSAM (Table 9) come through ultralytics. --no-deps: its requirements would add opencv-python
+# beside opencv-python-headless (two clashing cv2) and packages only its training/logging code uses.
+if ! "$PY" -c "import ultralytics" 2>/dev/null; then
+  echo "[setup] installing ultralytics==8.4.190 (MobileSAM / FastSAM variants)"
+  pip install --no-deps ultralytics==8.4.190 ultralytics-thop==2.2.3
 fi
 echo "[setup] installing sam_mi (editable)"
 pip install --no-deps -e .

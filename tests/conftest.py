@@ -1,8 +1,13 @@
 """Shared fixtures: configs of the tiny model and a synthetic dataset generated once per session."""
 import os
+import tempfile
 
-import pytest
-import torch
+# ultralytics (MobileSAM / FastSAM variants) must neither reach the network nor write settings to ~/.config
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="sam_mi_yolo_"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 import sam_mi  # noqa: F401  (registers SAMMI and the datasets)
 

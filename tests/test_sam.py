@@ -238,8 +238,8 @@ def test_missing_optional_package_names_pip_package(monkeypatch):
         build_mask_generator("hq_sam", "tiny", "", 128, 64, 0.88, 0.95, 1.0, 0.7)
 
 
-def test_unsupported_variants_explain_themselves(tmp_path):
-    with pytest.raises(NotImplementedError, match="FastSAM"):
+def test_variants_without_weights_explain_themselves(tmp_path):
+    with pytest.raises(FileNotFoundError, match="FastSAM-x.pt"):
         build_mask_generator("fast_sam", "x", "", 1024, 64, 0.88, 0.95, 1.0, 0.7)
     with pytest.raises(FileNotFoundError, match="mobile_sam.pt"):
         build_mask_generator("mobile_sam", "vit_t", str(tmp_path / "m.pt"), 1024, 64, 0.88, 0.95, 1.0, 0.7)

@@ -18,7 +18,12 @@ os.environ.setdefault("YOLO_CONFIG_DIR", _YOLO_DIR)
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_AUTOINSTALL", "0")
 
-from sam_mi.modeling.sam import PointPromptedSAM, build_mask_generator, build_tiny_sam, points_to_input_frame  # noqa: E402
+from sam_mi.modeling.sam import (
+    PointPromptedSAM,
+    build_mask_generator,
+    build_tiny_sam,
+    points_to_input_frame,
+)  # noqa: E402
 from sam_mi.modeling.sam.ultralytics_variants import (  # noqa: E402
     FAST_SAM_CHECKPOINT_URLS,
     MOBILE_SAM_CHECKPOINT_URL,
@@ -83,13 +88,18 @@ def test_mobile_sam_prompts_like_sam(mobile, images):
     emb = mobile.encode(images[:1])[0]
     pts = torch.tensor([[0.25, 0.5], [0.9, 0.1]])
     seen = []
-    hook = mobile.sam.prompt_encoder.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["points"]), with_kwargs=True)
+    hook = mobile.sam.prompt_encoder.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw["points"]), with_kwargs=True
+    )
     try:
         once, _ = mobile.generate(emb, pts, (H, W), OUT)
     finally:
         hook.remove()
     coords, labels = seen[0]
-    assert torch.allclose(coords[:, 0], points_to_input_frame(pts, (H, W), mobile.input_size(H, W))) and (labels == 1).all()
+    assert (
+        torch.allclose(coords[:, 0], points_to_input_frame(pts, (H, W), mobile.input_size(H, W)))
+        and (labels == 1).all()
+    )
     dedup = _gen("mobile_sam", box_nms_thresh=0.99)
     twice, _ = dedup.generate(emb, torch.cat([pts, pts]), (H, W), OUT)
     assert once.shape[0] > 0 and twice.shape[0] == dedup.generate(emb, pts, (H, W), OUT)[0].shape[0]
@@ -177,25 +187,32 @@ def test_fast_sam_tiny_end_to_end(fast, images, points):
     masks, scores = fast.generate(emb[0], points, (H, W), OUT)
     _check_outputs(masks, scores, fast.max_det)
     few, _ = fast.generate(emb[0], points[:3], (H, W), OUT)  # fewer points select a subset of the masks
-    assert few.shape[0] < masks.shape[0]
+    assert 0 < few.shape[0] <= masks.shape[0]
     assert (few.flatten(1)[:, None] == masks.flatten(1)[None]).all(-1).any(1).all()
+    # At image resolution every returned mask holds a prompt point (up to one pixel of interpolation).
+    full, _ = fast.generate(emb[0], points[:3], (H, W), (H, W))
+    px = (points[:3] * torch.tensor([W, H])).long().clamp(max=torch.tensor([W - 1, H - 1]))
+    grown = torch.nn.functional.max_pool2d(full[:, None].float(), 3, 1, 1)[:, 0] > 0
+    assert grown[:, px[:, 1], px[:, 0]].any(1).all()
     strict = _gen("fast_sam", pred_iou_thresh=0.999)  # random confidences are far below 0.999
     m, s = strict.generate(emb[0], points, (H, W), OUT)
     assert m.shape == (0, *OUT) and s.shape == (0,)
     m, s = fast.generate(emb[0], points[:0], (H, W), OUT)
     assert m.shape == (0, *OUT) and s.shape == (0,)
+    with pytest.raises(ValueError, match="does not match image_size"):
+        fast.generate(torch.zeros(emb.shape[1], 8, 8), points, (H, W), OUT)  # an embedding of a 256 px model
 
 
 def _synthetic_embedding(fast: FastSAMPointPrompted):
     """YOLO outputs for a 128² frame whose image (64 x 128, H x W) fills the top half. Mask prototypes
-    (stride 4): A = x<64, y<64 (frame px); B = x,y < 16 (inside A); C's prototype covers x,y in [80,112) but
-    its box only x,y in [96,112); D duplicates A's box with a lower confidence."""
+    (stride 4): A = x,y < 64 (frame px); B = x,y < 16 (inside A); C's prototype covers x in [80,112),
+    y in [16,48) but its box only x in [96,112); D duplicates A's box with a lower confidence."""
     protos = torch.full((32, 32, 32), -8.0)
     protos[0, :16, :16] = 8.0
     protos[1, :4, :4] = 8.0
-    protos[2, 20:28, 20:28] = 8.0
+    protos[2, 4:12, 20:28] = 8.0
     preds = torch.zeros(fast.num_outputs, 21 * 16)
-    xywh = {0: (32, 32, 64, 64), 1: (8, 8, 16, 16), 2: (104, 104, 16, 16), 3: (32, 32, 64, 64)}
+    xywh = {0: (32, 32, 64, 64), 1: (8, 8, 16, 16), 2: (104, 32, 16, 32), 3: (32, 32, 64, 64)}
     conf = {0: 0.9, 1: 0.8, 2: 0.7, 3: 0.6}
     proto_of = {0: 0, 1: 1, 2: 2, 3: 0}
     for a in xywh:
@@ -209,8 +226,8 @@ def test_fast_sam_point_selection_on_hand_built_outputs(fast):
     emb, size, out = _synthetic_embedding(fast), (64, 128), (32, 64)  # out: 2 image pixels per output pixel
     assert fast.input_size(*size) == (64, 128)
     in_b = torch.tensor([[4 / 128, 4 / 64]])  # frame (4, 4): inside B and A
-    in_c = torch.tensor([[100 / 128, 50 / 64]])  # frame (100, 100): C's prototype and box
-    c_proto_only = torch.tensor([[88 / 128, 44 / 64]])  # frame (88, 88): C's prototype, outside its box
+    in_c = torch.tensor([[100 / 128, 30 / 64]])  # frame (100, 30): C's prototype and box
+    c_proto_only = torch.tensor([[88 / 128, 30 / 64]])  # frame (88, 30): C's prototype, outside its box
     nowhere = torch.tensor([[70 / 128, 10 / 64]])
 
     masks, scores = fast.generate(emb, in_b, size, out)
@@ -226,7 +243,7 @@ def test_fast_sam_point_selection_on_hand_built_outputs(fast):
 
     masks, scores = fast.generate(emb, in_c, size, out)
     expect_c = torch.zeros(out, dtype=torch.bool)
-    expect_c[48:56, 48:56] = True  # box [96,112)² in frame px; prototype [80,112)² cropped to it
+    expect_c[8:24, 48:56] = True  # box x in [96,112), y in [16,48) (frame px); prototype cropped to it
     assert torch.allclose(scores, torch.tensor([0.7])) and torch.equal(masks[0], expect_c)
 
     for p in (c_proto_only, nowhere):
@@ -256,7 +273,11 @@ def test_fast_sam_bad_arguments_are_clear(tmp_path, monkeypatch):
     for t, ckpt in (("x", ""), ("s", str(tmp_path / "missing.pt"))):
         with pytest.raises(FileNotFoundError) as e:
             _gen("fast_sam", t, ckpt, image_size=1024)
-        assert f"FastSAM-{t}.pt" in str(e.value) and "MODEL.SAM_MI.SAM.CHECKPOINT" in str(e.value)
+        assert (
+            FAST_SAM_CHECKPOINT_URLS[t] in str(e.value)
+            and f"FastSAM-{t}.pt" in str(e.value)
+            and "MODEL.SAM_MI.SAM.CHECKPOINT" in str(e.value)
+        )
     with pytest.raises(ValueError, match="'x'"):
         _gen("fast_sam", "vit_h")
     with pytest.raises(ValueError, match="divisible by 32"):

@@ -9,8 +9,9 @@ Stages timed (whole-image inference, one image at a time, as the paper's latency
 total. The points and masks per image are reported too. Ratios printed at the end (same images, same run):
 grid / learned total latency (paper: 5967 / 950 = 6.3x) and learned total / (CLIP + SAM image encoders).
 
-Without trained weights (no MODEL.WEIGHTS, no CLIP/SAM checkpoint) every module is randomly initialised, which
-times the same computation. An untrained TSPP head's point count is arbitrary, so in that case its probability
+With --random-weights no checkpoint is read: CLIP and SAM get their real architectures (the config's CLIP,
+SAM's MODEL_TYPE) randomly initialised, which times the same computation. --sam-image-size then lets SAM run
+at a reduced resolution (e.g. 512) to keep CPU runs affordable; with real weights SAM runs at 1024. An untrained TSPP head's point count is arbitrary, so in that case its probability
 map is rescaled to sum to --expected-points (default 41, the paper's A-150 average in Table 6); with
 MODEL.WEIGHTS the learned map is used as it is.
 """
@@ -30,6 +31,7 @@ from detectron2.modeling import build_model
 from tabulate import tabulate
 
 from sam_mi import add_sam_mi_config
+from sam_mi.modeling.sam.point_decoder import PointPromptedSAM
 from sam_mi.modeling.mask_injection import pad_mask_list, resize_masks, select_points, text_masks_from_logits
 from sam_mi.modeling.smagg import shallow_mask_aggregation
 
@@ -107,6 +109,47 @@ def run_once(model, image: torch.Tensor, mode: str, names: List[str], expected_p
     return {"points": int(points.shape[0]), "sam_masks": int(num_sam), "masks": int(masks.shape[0])}
 
 
+# segment-anything's ViT hyper-parameters (build_sam.py): embed dim, depth, heads, global-attention blocks
+SAM_ARCHS = {
+    "vit_b": (768, 12, 12, [2, 5, 8, 11]),
+    "vit_l": (1024, 24, 16, [5, 11, 17, 23]),
+    "vit_h": (1280, 32, 16, [7, 15, 23, 31]),
+}
+
+
+def random_sam(model_type: str, image_size: int, s) -> PointPromptedSAM:
+    """SAM of ``model_type`` at ``image_size``, randomly initialised, from segment-anything's classes (its own
+    builder fixes the size to 1024), wrapped with the config's filters ``s`` (MODEL.SAM_MI.SAM)."""
+    from functools import partial
+
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    dim, depth, heads, global_attn = SAM_ARCHS[model_type]
+    grid = image_size // 16
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            depth=depth, embed_dim=dim, img_size=image_size, mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=heads, patch_size=16, qkv_bias=True,
+            use_rel_pos=True, global_attn_indexes=global_attn, window_size=14, out_chans=256,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=256, image_embedding_size=(grid, grid), input_image_size=(image_size, image_size),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3, transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+            transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256,
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+    return PointPromptedSAM(
+        sam, image_size, points_per_batch=s.POINTS_PER_BATCH, pred_iou_thresh=s.PRED_IOU_THRESH,
+        stability_score_thresh=s.STABILITY_SCORE_THRESH, stability_score_offset=s.STABILITY_SCORE_OFFSET,
+        box_nms_thresh=s.BOX_NMS_THRESH,
+    )
+
+
 def benchmark(model, images: List[torch.Tensor], mode: str, iters: int, warmup: int, expected_points: float,
               calibrate: bool) -> Dict:
     names = model.test_class_names
@@ -134,6 +177,8 @@ def main() -> None:
     parser.add_argument("--num-images", type=int, default=2)
     parser.add_argument("--image-size", type=int, nargs=2, default=[512, 683], metavar=("H", "W"))
     parser.add_argument("--expected-points", type=float, default=41.0)
+    parser.add_argument("--random-weights", action="store_true", help="build CLIP and SAM without checkpoints")
+    parser.add_argument("--sam-image-size", type=int, default=1024, help="SAM input size (--random-weights only)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
@@ -146,9 +191,19 @@ def main() -> None:
     cfg.MODEL.DEVICE = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if not cfg.MODEL.SAM_MI.SAM.ENABLED:
         sys.exit("benchmark_latency times SAM-MI's SAM stages: use a config with MODEL.SAM_MI.SAM.ENABLED True")
+    sam_type = cfg.MODEL.SAM_MI.SAM.MODEL_TYPE
+    if args.random_weights:
+        if cfg.MODEL.SAM_MI.SAM.VARIANT != "sam":
+            sys.exit("--random-weights builds segment-anything's SAM; use MODEL.SAM_MI.SAM.VARIANT sam")
+        cfg.MODEL.WEIGHTS = ""
+        cfg.MODEL.SAM_MI.CLIP.PRETRAINED = ""
+        if sam_type != "tiny":  # placeholder, replaced below by the real architecture at --sam-image-size
+            cfg.MODEL.SAM_MI.SAM.MODEL_TYPE, cfg.MODEL.SAM_MI.SAM.IMAGE_SIZE = "tiny", 128
     cfg.freeze()
     torch.manual_seed(0)
     model = build_model(cfg).eval()
+    if args.random_weights and sam_type != "tiny":
+        model.sam = random_sam(sam_type, args.sam_image_size, cfg.MODEL.SAM_MI.SAM).to(model.device)
     if cfg.MODEL.WEIGHTS:
         DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     calibrate = not cfg.MODEL.WEIGHTS
@@ -178,6 +233,8 @@ def main() -> None:
         "config": args.config_file,
         "opts": args.opts,
         "image_size": args.image_size,
+        "sam": {"type": sam_type, "image_size": model.sam.image_size if hasattr(model.sam, "image_size") else None,
+                "random_weights": bool(args.random_weights)},
         "tspp_calibrated_to_points": args.expected_points if calibrate else None,
         "results": results,
         "ratios": ratios,

@@ -80,7 +80,9 @@ def build_mobile_sam_model(model_type: str, checkpoint: Optional[str], image_siz
         if checkpoint is not None:
             require_checkpoint(checkpoint, model_type, "mobile_sam", MOBILE_SAM_CHECKPOINT_URL)
     elif image_size % 16:
-        raise ValueError(f"the tiny MobileSAM (TinyViT, output stride 16) needs image_size divisible by 16, got {image_size}")
+        raise ValueError(
+            f"the tiny MobileSAM (TinyViT, output stride 16) needs image_size divisible by 16, got {image_size}"
+        )
     _require_ultralytics()
     from ultralytics.models.sam.build import build_mobile_sam
 
@@ -121,7 +123,9 @@ def pack_yolo_outputs(preds: torch.Tensor, protos: torch.Tensor) -> torch.Tensor
     return torch.cat(parts, dim=1)
 
 
-def unpack_yolo_outputs(embedding: torch.Tensor, num_outputs: int, num_protos: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def unpack_yolo_outputs(
+    embedding: torch.Tensor, num_outputs: int, num_protos: int
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Inverse of `pack_yolo_outputs` for one image: [C,g,g] -> (preds [C_p,A], protos [nm,8g,8g])."""
     c, g = embedding.shape[0], embedding.shape[-1]
     if c != num_protos * 64 + num_outputs * 21:
@@ -136,7 +140,12 @@ def unpack_yolo_outputs(embedding: torch.Tensor, num_outputs: int, num_protos: i
 
 
 def yolo_nms(
-    preds: torch.Tensor, num_classes: int, conf_thresh: float, iou_thresh: float, max_det: int = 300, max_nms: int = 30000
+    preds: torch.Tensor,
+    num_classes: int,
+    conf_thresh: float,
+    iou_thresh: float,
+    max_det: int = 300,
+    max_nms: int = 30000,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """YOLOv8 NMS of one image (ultralytics `non_max_suppression`, single label per box, class-aware).
 
@@ -157,7 +166,9 @@ def yolo_nms(
     return boxes[order], conf[order], x[order, 4 + num_classes :]
 
 
-def select_masks_by_points(contains: torch.Tensor, scores: torch.Tensor, max_per_point: Optional[int] = None) -> torch.Tensor:
+def select_masks_by_points(
+    contains: torch.Tensor, scores: torch.Tensor, max_per_point: Optional[int] = None
+) -> torch.Tensor:
     """FastSAM's point prompt as a selection. contains: Bool[N,M] (point n lies in mask m), scores: [M]
     -> keep Bool[M].
 
@@ -251,6 +262,11 @@ class FastSAMPointPrompted(PointPromptedSAM):
         h_o, w_o = int(out_size[0]), int(out_size[1])
         dev = embedding.device
         empty = (torch.zeros(0, h_o, w_o, dtype=torch.bool, device=dev), torch.zeros(0, device=dev))
+        if tuple(embedding.shape[-2:]) != (self.image_size // _YOLO_STRIDE,) * 2:
+            raise ValueError(
+                f"FastSAM embedding grid {tuple(embedding.shape[-2:])} does not match image_size {self.image_size} "
+                f"(expected {self.image_size // _YOLO_STRIDE}x{self.image_size // _YOLO_STRIDE}): encode with this model"
+            )
         preds, protos = unpack_yolo_outputs(embedding.float(), self.num_outputs, self.num_protos)
         boxes, conf, coef = yolo_nms(preds, self.num_classes, self.pred_iou_thresh, self.iou_thresh, self.max_det)
         if points.shape[0] == 0 or conf.numel() == 0:
@@ -272,10 +288,10 @@ class FastSAMPointPrompted(PointPromptedSAM):
             return empty
 
         low = (coef @ protos.flatten(1)).view(-1, *protos.shape[-2:])  # [K,s/4,s/4] logits over the padded frame
-        l = low.shape[-1]
-        centres = (torch.arange(l, device=dev, dtype=torch.float32) + 0.5) * s / l
-        low_in_box = low.masked_fill(~_inside_boxes(boxes, centres, centres), -1e4)
-        crop_h, crop_w = min(l, math.ceil(h_in * l / s)), min(l, math.ceil(w_in * l / s))
+        side = low.shape[-1]
+        centres = (torch.arange(side, device=dev, dtype=torch.float32) + 0.5) * s / side
+        low_in_box = low.masked_fill(~_inside_boxes(boxes, centres, centres), -1e4)  # as ultralytics' crop_mask
+        crop_h, crop_w = min(side, math.ceil(h_in * side / s)), min(side, math.ceil(w_in * side / s))
         ok = filter_candidates(
             low_in_box[:, :crop_h, :crop_w],
             conf,
@@ -285,7 +301,7 @@ class FastSAMPointPrompted(PointPromptedSAM):
             self.mask_threshold,
         )
         boxes, conf, low = boxes[ok], conf[ok], low[ok]
-        boxes = torch.minimum(boxes, boxes.new_tensor([w_in, h_in, w_in, h_in]))  # clip to the image (not padding)
+        boxes = torch.minimum(boxes.clamp(min=0), boxes.new_tensor([w_in, h_in, w_in, h_in]))  # clip to the image
         order = batched_nms(boxes, conf, torch.zeros_like(conf, dtype=torch.long), self.box_nms_thresh)
         boxes, conf, low = boxes[order], conf[order], low[order]
         masks = logits_to_out_size(low, (h_in, w_in), (s, s), (h_o, w_o)) > self.mask_threshold
@@ -332,7 +348,7 @@ def build_fast_sam_generator(
 ) -> FastSAMPointPrompted:
     """FastSAM behind `PointPromptedSAM`'s interface. pred_iou_thresh is FastSAM's confidence threshold
     (its default 0.4); stability filtering applies only if stability_score_thresh > 0 (FastSAM has none)."""
-    if model_type != "tiny" and image_size != OFFICIAL_IMAGE_SIZE:
+    if model_type in ("x", "s") and image_size != OFFICIAL_IMAGE_SIZE:
         raise ValueError(f"FastSAM '{model_type}' runs at image size {OFFICIAL_IMAGE_SIZE} (imgsz), got {image_size}")
     model = build_fast_sam_model(model_type, None if model_type == "tiny" else checkpoint)
     return FastSAMPointPrompted(model, image_size, points_per_batch=points_per_batch, **kw)

@@ -197,7 +197,9 @@ def build_sam2_model(model_type: str, checkpoint: Optional[str], image_size: int
 
     if model_type == "tiny":
         if image_size % 128:
-            raise ValueError(f"the tiny SAM2 test model needs image_size divisible by 128 (128, 256, ...), got {image_size}")
+            raise ValueError(
+                f"the tiny SAM2 test model needs image_size divisible by 128 (128, 256, ...), got {image_size}"
+            )
         return build_sam2(
             SAM2_CONFIGS["hiera_t"],
             None,
