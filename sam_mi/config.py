@@ -125,3 +125,5 @@ def add_sam_mi_config(cfg: CN) -> None:
     s.INFERENCE.WINDOW_SIZE = 384
     s.INFERENCE.WINDOW_OVERLAP = 0.333
     s.INFERENCE.OUT_RESOLUTION = 640
+    # autocast at test time: float16 on CUDA, bfloat16 on CPU (scores are merged in float32).
+    s.INFERENCE.AMP = False

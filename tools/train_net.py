@@ -4,6 +4,7 @@
     python tools/train_net.py --config-file configs/coco-stuff-171/sam_mi_vitb16_384_stage1.yaml --num-gpus 4
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
 """
+import functools
 import itertools
 import logging
 import os
@@ -15,6 +16,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import verify_results
 from detectron2.solver import build_lr_scheduler
 from detectron2.solver.build import maybe_add_gradient_clipping
@@ -42,6 +44,16 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 class Trainer(DefaultTrainer):
+    def __init__(self, cfg):
+        # On a batch where SAM returns no mask, DMI is skipped and its parameters get no gradient; DDP must
+        # be built with find_unused_parameters=True or multi-GPU training stops at the first such batch.
+        build_ddp = d2_defaults.create_ddp_model
+        d2_defaults.create_ddp_model = functools.partial(build_ddp, find_unused_parameters=True)
+        try:
+            super().__init__(cfg)
+        finally:
+            d2_defaults.create_ddp_model = build_ddp
+
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:

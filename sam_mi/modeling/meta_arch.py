@@ -65,6 +65,7 @@ class SAMMI(nn.Module):
         out_resolution: int = 640,
         ignore_value: int = 255,
         inference_seed: int = 0,
+        inference_amp: bool = False,
     ):
         """
         Args:
@@ -77,6 +78,7 @@ class SAMMI(nn.Module):
             smagg: merge SAM masks with TSPP's text masks before injection (Eq. 6-7).
             sliding_window: the OVSS evaluation protocol (4 crops + 1 global view of a 640x640 resize).
             inference_seed: seed of the point sampling at test time, so evaluation is repeatable.
+            inference_amp: autocast inference (float16 on CUDA, bfloat16 on CPU).
         """
         super().__init__()
         if train_stage not in (1, 2):
@@ -109,6 +111,7 @@ class SAMMI(nn.Module):
         self.window_size, self.window_overlap, self.out_resolution = window_size, window_overlap, out_resolution
         self.ignore_value = ignore_value
         self.inference_seed = inference_seed
+        self.inference_amp = inference_amp
         self.train_class_names = list(train_class_names)
         self.set_vocabulary(test_class_names)
         if train_stage == 1:
@@ -200,6 +203,7 @@ class SAMMI(nn.Module):
             "out_resolution": s.INFERENCE.OUT_RESOLUTION,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "inference_seed": cfg.SEED if cfg.SEED >= 0 else 0,
+            "inference_amp": s.INFERENCE.AMP,
         }
 
     # ------------------------------------------------------------------ public helpers
@@ -222,7 +226,8 @@ class SAMMI(nn.Module):
             images = torch.stack([x["image"].to(self.device) for x in batched_inputs]).float()
             targets = torch.stack([x["sem_seg"].to(self.device) for x in batched_inputs]).long()
             return self.losses(images, targets)
-        with torch.inference_mode():
+        amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        with torch.inference_mode(), torch.autocast(self.device.type, amp_dtype, enabled=self.inference_amp):
             return [self.inference_one(x) for x in batched_inputs]
 
     def losses(self, images: Tensor, targets: Tensor) -> Dict[str, Tensor]:

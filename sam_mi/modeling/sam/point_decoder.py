@@ -95,6 +95,19 @@ def logits_to_out_size(
     return out[0]
 
 
+def check_generate_args(
+    embedding: torch.Tensor, points: torch.Tensor, out_size: Tuple[int, int]
+) -> Tuple[int, int, Tuple[torch.Tensor, torch.Tensor]]:
+    """Validate `generate`'s inputs; return the output size and the empty result (no mask, no score)."""
+    if embedding.dim() != 3:
+        raise ValueError(f"generate takes one image's embedding [C,h,w], got {tuple(embedding.shape)}")
+    if points.dim() != 2 or points.shape[-1] != 2:
+        raise ValueError(f"points must be [N,2] (x, y) in [0,1], got {tuple(points.shape)}")
+    h_o, w_o = int(out_size[0]), int(out_size[1])
+    dev = embedding.device
+    return h_o, w_o, (torch.zeros(0, h_o, w_o, dtype=torch.bool, device=dev), torch.zeros(0, device=dev))
+
+
 class PointPromptedSAM(nn.Module):
     """Frozen SAM (segment-anything `Sam`) decoding masks from point prompts; see the module docstring.
 
@@ -209,13 +222,8 @@ class PointPromptedSAM(nn.Module):
         Returns masks Bool[N_s,h_o,w_o] and scores (predicted IoU) [N_s], sorted by decreasing score;
         N_s may be 0 (no points or nothing survives the filters).
         """
-        if embedding.dim() != 3:
-            raise ValueError(f"generate takes one image's embedding [C,h,w], got {tuple(embedding.shape)}")
-        if points.dim() != 2 or points.shape[-1] != 2:
-            raise ValueError(f"points must be [N,2] (x, y) in [0,1], got {tuple(points.shape)}")
-        h_o, w_o = int(out_size[0]), int(out_size[1])
+        h_o, w_o, empty = check_generate_args(embedding, points, out_size)
         dev = embedding.device
-        empty = (torch.zeros(0, h_o, w_o, dtype=torch.bool, device=dev), torch.zeros(0, device=dev))
         if points.shape[0] == 0:
             return empty
 

@@ -26,7 +26,13 @@ from torch import nn
 from torchvision.ops import batched_nms
 
 from .build import OFFICIAL_IMAGE_SIZE, load_checkpoint, require_checkpoint
-from .point_decoder import PointPromptedSAM, filter_candidates, logits_to_out_size, points_to_input_frame
+from .point_decoder import (
+    PointPromptedSAM,
+    check_generate_args,
+    filter_candidates,
+    logits_to_out_size,
+    points_to_input_frame,
+)
 
 __all__ = [
     "MOBILE_SAM_CHECKPOINT_URL",
@@ -255,13 +261,8 @@ class FastSAMPointPrompted(PointPromptedSAM):
         self, embedding: torch.Tensor, points: torch.Tensor, image_size: Tuple[int, int], out_size: Tuple[int, int]
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Same contract as `PointPromptedSAM.generate` (masks Bool[N_s,h_o,w_o], scores [N_s]); see class doc."""
-        if embedding.dim() != 3:
-            raise ValueError(f"generate takes one image's embedding [C,h,w], got {tuple(embedding.shape)}")
-        if points.dim() != 2 or points.shape[-1] != 2:
-            raise ValueError(f"points must be [N,2] (x, y) in [0,1], got {tuple(points.shape)}")
-        h_o, w_o = int(out_size[0]), int(out_size[1])
+        h_o, w_o, empty = check_generate_args(embedding, points, out_size)
         dev = embedding.device
-        empty = (torch.zeros(0, h_o, w_o, dtype=torch.bool, device=dev), torch.zeros(0, device=dev))
         if tuple(embedding.shape[-2:]) != (self.image_size // _YOLO_STRIDE,) * 2:
             raise ValueError(
                 f"FastSAM embedding grid {tuple(embedding.shape[-2:])} does not match image_size {self.image_size} "
