@@ -79,7 +79,7 @@ def save_picture(model, dataset: str, path: str, num_images: int = 4) -> None:
         for ax, img, title in zip(
             row,
             (image, gt_rgb, colors[pred]),
-            ("image", "ground truth", f"SAM-MI ({out['sam_mi']['num_masks']} masks injected)"),
+            ("image", "ground truth", f"SAM-MI ({out['sam_mi']['num_sam_masks']} SAM masks, {out['sam_mi']['num_masks']} injected)"),
         ):
             ax.imshow(img)
             ax.set_title(title, fontsize=9)

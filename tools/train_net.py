@@ -4,7 +4,6 @@
     python tools/train_net.py --config-file configs/coco-stuff-171/sam_mi_vitb16_384_stage1.yaml --num-gpus 4
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
 """
-import functools
 import itertools
 import logging
 import os
@@ -45,14 +44,13 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 class Trainer(DefaultTrainer):
     def __init__(self, cfg):
-        # On a batch where SAM returns no mask, DMI is skipped and its parameters get no gradient; DDP must
-        # be built with find_unused_parameters=True or multi-GPU training stops at the first such batch.
-        build_ddp = d2_defaults.create_ddp_model
-        d2_defaults.create_ddp_model = functools.partial(build_ddp, find_unused_parameters=True)
+        # DefaultTrainer wraps the model with detectron2's create_ddp_model; ours differs in two ways (below).
+        d2_create_ddp_model = d2_defaults.create_ddp_model
+        d2_defaults.create_ddp_model = create_ddp_model
         try:
             super().__init__(cfg)
         finally:
-            d2_defaults.create_ddp_model = build_ddp
+            d2_defaults.create_ddp_model = d2_create_ddp_model
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -94,6 +92,21 @@ class Trainer(DefaultTrainer):
             sub.DATASETS.TEST = (name,)
             results[name] = super().test(sub, model)
         return results[cfg.DATASETS.TEST[0]] if len(results) == 1 else results
+
+
+def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
+    """DistributedDataParallel when there are several processes. Unlike detectron2's: (1) unused parameters are
+    allowed, because on a batch where SAM returns no mask DMI is skipped and its parameters get no gradient;
+    (2) CPU processes (gloo) work too, by not pinning device_ids."""
+    if comm.get_world_size() == 1:
+        return model
+    on_gpu = next(model.parameters()).device.type == "cuda"
+    return DistributedDataParallel(
+        model,
+        device_ids=[comm.get_local_rank()] if on_gpu else None,
+        broadcast_buffers=False,
+        find_unused_parameters=True,
+    )
 
 
 def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:

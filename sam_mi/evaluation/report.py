@@ -121,7 +121,7 @@ def _table2_markdown(columns: Dict[str, Dict], architecture: str) -> List[str]:
     if sam_mi is not None:
         rows.append(["Δ vs SAM-MI (paper)", "", "", "",
                      *[_fmt(_diff(v, sam_mi["values"].get(c)), signed=True) for v, c in zip(mine, _OVSS_COLUMNS)]])
-    out = [f"## Table 2 — standard OVSS benchmarks (mIoU, %)", "", f"_{table['caption']}_", ""]
+    out = ["## Table 2 — standard OVSS benchmarks (mIoU, %)", "", f"_{table['caption']}_", ""]
     out += _md_table(header, rows)
     out += ["", "PAS-20b is not reported in the paper (– in its rows)."]
     return out

@@ -10,7 +10,6 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import Tensor, nn
 
@@ -19,7 +18,7 @@ from .aggregator import Aggregator
 from .clip import DenseCLIP
 from .dmi import HighFrequencyInjection, LowFrequencyInjection
 from .inference import sliding_window_inference, whole_image_scores
-from .mask_injection import SAMPLING_MODES, InjectionMasks, generate_injection_masks, resize_masks
+from .mask_injection import SAMPLING_MODES, generate_injection_masks, resize_masks
 from .sam import build_mask_generator
 from .tspp import TSPPHead, tspp_losses, tspp_prob_targets
 

@@ -133,7 +133,7 @@ def unpack_yolo_outputs(
     embedding: torch.Tensor, num_outputs: int, num_protos: int
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Inverse of `pack_yolo_outputs` for one image: [C,g,g] -> (preds [C_p,A], protos [nm,8g,8g])."""
-    c, g = embedding.shape[0], embedding.shape[-1]
+    c = embedding.shape[0]
     if c != num_protos * 64 + num_outputs * 21:
         raise ValueError(f"not a FastSAM embedding: {c} channels, expected {num_protos * 64 + num_outputs * 21}")
     protos = F.pixel_shuffle(embedding[None, : num_protos * 64], 8)[0]
