@@ -101,3 +101,17 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "mIoU" in proc.stdout
     assert os.path.getsize(tmp_path / "predictions.png") > 1000
     assert (tmp_path / "stage1" / "model_final.pth").exists() and (tmp_path / "stage2" / "model_final.pth").exists()
+
+
+def test_eval_only_command_line(synthetic_root, tmp_path):
+    """`tools/train_net.py --eval-only` with the evaluation protocol's flags, as the README shows."""
+    env = dict(os.environ, PYTHONPATH=REPO, DETECTRON2_DATASETS=synthetic_root)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools/train_net.py"), "--eval-only", "--config-file",
+         os.path.join(REPO, "configs/tiny/sam_mi_tiny_stage2.yaml"), "MODEL.WEIGHTS", "", "OUTPUT_DIR", str(tmp_path),
+         "MODEL.SAM_MI.INFERENCE.SLIDING_WINDOW", "True", "MODEL.SAM_MI.AGGREGATOR.POOLING_SIZES", "[1,1]"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "copypaste: mIoU,fwIoU,mACC,pACC" in proc.stdout + proc.stderr
+    assert os.path.exists(tmp_path / "inference" / "synthetic_stuff_val_sem_seg" / "sem_seg_evaluation.pth")

@@ -32,7 +32,8 @@ from tabulate import tabulate
 
 from sam_mi import add_sam_mi_config
 from sam_mi.modeling.sam.point_decoder import PointPromptedSAM
-from sam_mi.modeling.mask_injection import pad_mask_list, resize_masks, select_points, text_masks_from_logits
+from sam_mi.modeling.dmi import pad_masks
+from sam_mi.modeling.mask_injection import resize_masks, select_points, text_masks_from_logits
 from sam_mi.modeling.smagg import shallow_mask_aggregation
 
 STAGES = ["clip", "tspp", "sam_encoder", "sam_decoding", "smagg", "dmi_aggregator", "total"]
@@ -94,7 +95,7 @@ def run_once(model, image: torch.Tensor, mode: str, names: List[str], expected_p
         if model.smagg and num_sam:
             masks = shallow_mask_aggregation(masks, text_masks_from_logits(class_logits[0], out_size),
                                              model.alpha_sma)
-        padded = pad_mask_list([masks], out_size, images.device)
+        padded = pad_masks([masks])
     with timer("dmi_aggregator"):
         res4, res5 = model.upsample1(guidance[0]), model.upsample2(guidance[1])
         appearance = dense

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .dmi import pad_masks
 from .smagg import shallow_mask_aggregation
 from .tspp import grid_points, random_points, sample_points
 
@@ -67,15 +68,6 @@ def text_masks_from_logits(class_logits: Tensor, out_size: Tuple[int, int]) -> T
     return F.one_hot(labels, num_classes=class_logits.shape[0]).permute(2, 0, 1).bool()
 
 
-def pad_mask_list(masks: List[Tensor], size: Tuple[int, int], device: torch.device) -> Tensor:
-    """List of Bool[N_i, H, W] -> Bool[B, max(N_i, 1), H, W]; padded rows are empty (ignored by DMI)."""
-    n_max = max([m.shape[0] for m in masks] + [1])
-    out = torch.zeros(len(masks), n_max, *size, dtype=torch.bool, device=device)
-    for i, m in enumerate(masks):  # a loop over images of the batch, not over masks
-        out[i, : m.shape[0]] = m
-    return out
-
-
 def generate_injection_masks(
     sam,
     images: Tensor,
@@ -116,7 +108,7 @@ def generate_injection_masks(
             )
         per_image.append(masks)
     return InjectionMasks(
-        masks=pad_mask_list(per_image, out_size, images.device),
+        masks=pad_masks(per_image),
         num_points=n_points,
         num_sam_masks=n_sam,
         num_masks=[int(m.shape[0]) for m in per_image],
