@@ -1,6 +1,7 @@
 """A CAT-Seg-layout checkpoint, converted by tools/convert_catseg_checkpoint.py, loads into SAMMI: with no
 missing/unexpected key into the SAM-less baseline (and its predictions become the source model's), and into
-the SAM-MI configuration with only the new modules (TSPP, SAM, DMI) missing."""
+the SAM-MI configuration with only the new trained modules (TSPP, DMI) missing: frozen SAM comes from its own
+checkpoint and is never part of SAM-MI's state dict."""
 import os
 import subprocess
 import sys
@@ -64,4 +65,4 @@ def test_sam_mi_config_misses_only_the_new_modules(tmp_path, synthetic_root):
     result = load(model, path)
     assert result.unexpected_keys == []
     assert result.missing_keys
-    assert {k.split(".")[0] for k in result.missing_keys} == {"tspp", "sam", "dmi_low", "dmi_high"}
+    assert {k.split(".")[0] for k in result.missing_keys} == {"tspp", "dmi_low", "dmi_high"}

@@ -120,3 +120,20 @@ def test_autocast_inference_matches_float32(synthetic_root):
     # an untrained model's classes are near-tied, so compare scores rather than argmax
     assert (half - full).abs().max() < 0.1 and (half - full).abs().mean() < 0.02
     assert not torch.equal(half, full)  # autocast really ran in bfloat16
+
+
+def test_frozen_sam_stays_out_of_checkpoints(stage2_model, tmp_path):
+    """SAM's weights come from MODEL.SAM_MI.SAM.CHECKPOINT, not from SAM-MI's checkpoints."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    state = stage2_model.state_dict()
+    assert state and not any(k.startswith("sam.") for k in state)
+    assert any(n.startswith("sam.") for n, _ in stage2_model.named_parameters())
+    DetectionCheckpointer(stage2_model, save_dir=str(tmp_path)).save("ckpt")
+    torch.manual_seed(123)
+    other = build_model(tiny_cfg()).eval()
+    own_sam = {n: p.clone() for n, p in other.sam.named_parameters()}
+    result = other.load_state_dict(torch.load(tmp_path / "ckpt.pth", weights_only=False)["model"], strict=True)
+    assert result.missing_keys == [] and result.unexpected_keys == []  # strict load passes without SAM keys
+    assert all(torch.equal(p, own_sam[n]) for n, p in other.sam.named_parameters())  # SAM untouched
+    assert torch.equal(other.aggregator.head.weight, stage2_model.aggregator.head.weight)

@@ -98,6 +98,11 @@ class SAMMI(nn.Module):
         self.aggregator = aggregator
         self.tspp = tspp
         self.sam = sam
+        if sam is not None:
+            # SAM is frozen and always comes from MODEL.SAM_MI.SAM.CHECKPOINT: keep its weights (641M for
+            # SAM-H) out of the checkpoints SAM-MI writes, and do not report them missing when loading.
+            self.register_state_dict_post_hook(_drop_sam_keys)
+            self.register_load_state_dict_post_hook(_ignore_missing_sam_keys)
         self.dmi_low = dmi_low
         self.dmi_high = dmi_high
         self.train_stage = train_stage
@@ -322,6 +327,16 @@ class SAMMI(nn.Module):
     def _inference_generator(self, device: torch.device) -> torch.Generator:
         # TSPP's sampling is random (Eq. 2); a fixed seed per image makes evaluation repeatable.
         return torch.Generator(device=device).manual_seed(self.inference_seed)
+
+
+def _drop_sam_keys(module: nn.Module, state_dict: Dict, prefix: str, local_metadata: Dict) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix + "sam.")]:
+        del state_dict[key]
+
+
+def _ignore_missing_sam_keys(module: nn.Module, incompatible_keys) -> None:
+    missing = incompatible_keys.missing_keys
+    missing[:] = [k for k in missing if not k.startswith("sam.")]
 
 
 def check_image(image: Tensor) -> None:
