@@ -115,3 +115,19 @@ def test_eval_only_command_line(synthetic_root, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "copypaste: mIoU,fwIoU,mACC,pACC" in proc.stdout + proc.stderr
     assert os.path.exists(tmp_path / "inference" / "synthetic_stuff_val_sem_seg" / "sem_seg_evaluation.pth")
+
+
+def test_two_process_training_with_launch(synthetic_root, tmp_path):
+    """`--num-gpus 2` through detectron2's launch (gloo on the CPU): DDP must accept DMI parameters that get no
+    gradient on a batch without SAM masks (find_unused_parameters) and CPU modules (no device_ids)."""
+    env = dict(os.environ, PYTHONPATH=REPO, DETECTRON2_DATASETS=synthetic_root)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools/train_net.py"), "--num-gpus", "2", "--config-file",
+         os.path.join(REPO, "configs/tiny/sam_mi_tiny_stage2.yaml"), "MODEL.WEIGHTS", "", "SOLVER.MAX_ITER", "4",
+         "SOLVER.IMS_PER_BATCH", "2", "OUTPUT_DIR", str(tmp_path),
+         "MODEL.SAM_MI.SAM.PRED_IOU_THRESH", "1e9"],  # no SAM mask: DMI gets no gradient at all
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "model_final.pth").exists()
+    assert "copypaste: mIoU" in proc.stdout + proc.stderr
