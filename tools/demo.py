@@ -18,6 +18,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
@@ -104,7 +105,7 @@ def main() -> None:
     os.makedirs(out, exist_ok=True)
     setup_logger(output=out, name="sam_mi")
     setup_logger(output=out, name="detectron2", abbrev_name="d2")
-    torch.manual_seed(0)
+    seed_all_rng(0)  # python, numpy and torch: the sampler's shuffling and the model's initialisation repeat
     start = time.time()
 
     data_root = os.path.join(out, "datasets")
