@@ -24,7 +24,6 @@ from collections import defaultdict
 from typing import Dict, List
 
 import torch
-import torch.nn.functional as F
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
@@ -33,7 +32,7 @@ from tabulate import tabulate
 from sam_mi import add_sam_mi_config
 from sam_mi.modeling.sam.point_decoder import PointPromptedSAM
 from sam_mi.modeling.dmi import pad_masks
-from sam_mi.modeling.mask_injection import resize_masks, select_points, text_masks_from_logits
+from sam_mi.modeling.mask_injection import select_points, text_masks_from_logits
 from sam_mi.modeling.smagg import shallow_mask_aggregation
 
 STAGES = ["clip", "tspp", "sam_encoder", "sam_decoding", "smagg", "dmi_aggregator", "total"]
@@ -76,9 +75,7 @@ def run_once(model, image: torch.Tensor, mode: str, names: List[str], expected_p
         dense, guidance = model.clip.encode_image_dense(images)
         text = model.clip.encode_text(names)  # cached after the first call, as at test time
     with timer("tspp"):
-        cost = torch.einsum(
-            "bdhw,tpd->btphw", F.normalize(dense, dim=1), F.normalize(text, dim=-1)
-        ).mean(dim=2)
+        cost = model.cost_maps(dense, text)
         prob, class_logits = model.tspp(cost) if model.tspp is not None else (None, cost)
         if prob is not None and calibrate:
             prob = prob * (expected_points / prob.sum().clamp_min(1e-6))
@@ -97,14 +94,7 @@ def run_once(model, image: torch.Tensor, mode: str, names: List[str], expected_p
                                              model.alpha_sma)
         padded = pad_masks([masks])
     with timer("dmi_aggregator"):
-        res4, res5 = model.upsample1(guidance[0]), model.upsample2(guidance[1])
-        appearance = dense
-        if model.dmi_low is not None:
-            appearance = model.dmi_low(dense, resize_masks(padded, (h, w)))
-        if model.dmi_high is not None:
-            res4 = model.dmi_high[0](res4, resize_masks(padded, tuple(res4.shape[-2:])))
-            res5 = model.dmi_high[1](res5, resize_masks(padded, tuple(res5.shape[-2:])))
-        model.aggregator(dense, text.unsqueeze(0), appearance, [res4, res5])
+        model.aggregate(dense, guidance, text, padded)
     timer.sync()
     timer.times["total"] += time.perf_counter() - start
     return {"points": int(points.shape[0]), "sam_masks": int(num_sam), "masks": int(masks.shape[0])}

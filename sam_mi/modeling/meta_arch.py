@@ -14,7 +14,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from torch import Tensor, nn
 
 from ..data.vocabulary import dataset_vocabulary
-from .aggregator import Aggregator
+from .aggregator import Aggregator, cost_volume
 from .clip import DenseCLIP
 from .dmi import HighFrequencyInjection, LowFrequencyInjection
 from .inference import sliding_window_inference, whole_image_scores
@@ -286,19 +286,13 @@ class SAMMI(nn.Module):
             dense, guidance = self.clip.encode_image_dense(images)
             text = self.clip.encode_text(class_names)  # [T, P, D]
         out: Dict = {"masks": None}
-        cost = None
-        if self.tspp is not None or self.sam is not None:
-            # Cosine cost maps S (Sec. 3.1). The image side is detached: TSPP must not move CLIP's visual
-            # encoder (Sec. 3.2); the text side keeps its gradient.
-            img = F.normalize(dense.detach(), dim=1)
-            cost = torch.einsum("bdhw,tpd->btphw", img, F.normalize(text, dim=-1)).mean(dim=2)
+        cost = self.cost_maps(dense, text) if self.tspp is not None or self.sam is not None else None
         if self.tspp is not None:
             out["tspp_prob"], out["tspp_logits"] = self.tspp(cost)
         if stage1:
             return out
 
-        res4, res5 = self.upsample1(guidance[0]), self.upsample2(guidance[1])
-        appearance = dense
+        masks = None
         if self.sam is not None:
             h, w = dense.shape[-2:]
             masks = generate_injection_masks(
@@ -315,14 +309,29 @@ class SAMMI(nn.Module):
                 generator=None if self.training else self._inference_generator(images.device),
             )
             out["masks"] = masks
-            if self.dmi_low is not None:  # Eq. 8-10: F_mcr replaces F_l^v as appearance guidance
-                appearance = self.dmi_low(dense, resize_masks(masks.masks, (h, w)))
-            if self.dmi_high is not None:  # Eq. 11-12 on both decoder guidance maps
-                res4 = self.dmi_high[0](res4, resize_masks(masks.masks, tuple(res4.shape[-2:])))
-                res5 = self.dmi_high[1](res5, resize_masks(masks.masks, tuple(res5.shape[-2:])))
-        text_b = text.unsqueeze(0).expand(images.shape[0], -1, -1, -1)
-        out["logits"] = self.aggregator(dense, text_b, appearance, [res4, res5])
+        out["logits"] = self.aggregate(dense, guidance, text, None if masks is None else masks.masks)
         return out
+
+    def cost_maps(self, dense: Tensor, text: Tensor) -> Tensor:
+        """Cosine cost maps S [B, T, h, w] (Sec. 3.1) from dense [B,D,h,w] and text [T,P,D] (templates averaged).
+
+        The image side is detached: TSPP must not move CLIP's visual encoder (Sec. 3.2); the text side keeps
+        its gradient."""
+        text_b = text.unsqueeze(0).expand(dense.shape[0], -1, -1, -1)
+        return cost_volume(dense.detach(), text_b).mean(dim=2)
+
+    def aggregate(self, dense: Tensor, guidance: List[Tensor], text: Tensor, masks: Optional[Tensor]) -> Tensor:
+        """DMI (when on and ``masks`` Bool[B,N,4h,4w] are given) then CAT-Seg aggregation -> logits [B,T,4h,4w]."""
+        res4, res5 = self.upsample1(guidance[0]), self.upsample2(guidance[1])
+        appearance = dense
+        if masks is not None:
+            if self.dmi_low is not None:  # Eq. 8-10: F_mcr replaces F_l^v as appearance guidance
+                appearance = self.dmi_low(dense, resize_masks(masks, tuple(dense.shape[-2:])))
+            if self.dmi_high is not None:  # Eq. 11-12 on both decoder guidance maps
+                res4 = self.dmi_high[0](res4, resize_masks(masks, tuple(res4.shape[-2:])))
+                res5 = self.dmi_high[1](res5, resize_masks(masks, tuple(res5.shape[-2:])))
+        text_b = text.unsqueeze(0).expand(dense.shape[0], -1, -1, -1)
+        return self.aggregator(dense, text_b, appearance, [res4, res5])
 
     def _inference_generator(self, device: torch.device) -> torch.Generator:
         # TSPP's sampling is random (Eq. 2); a fixed seed per image makes evaluation repeatable.
