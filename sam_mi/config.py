@@ -73,6 +73,10 @@ def add_sam_mi_config(cfg: CN) -> None:
     # ---------------------------------------------------------------- TSPP (Sec. 3.2)
     s.TSPP = CN()
     s.TSPP.ENABLED = True
+    # the prompter stage (PROMPTER_REGISTRY, sam_mi/modeling/prompter.py) and its TSPP network
+    # (TSPP_HEAD_REGISTRY); ENABLED False keeps the prompter for grid/random prompts but drops the network.
+    s.TSPP.NAME = "TSPPPrompter"
+    s.TSPP.HEAD_NAME = "TSPPHead"
     # "learned" (TSPP probabilities), "grid" (all GRID_SIZE^2 points, Table 5 "uniform grid"),
     # "random" (RANDOM_POINTS points drawn uniformly from the grid, Table 5 "random sampling").
     s.TSPP.SAMPLING = "learned"
@@ -83,13 +87,20 @@ def add_sam_mi_config(cfg: CN) -> None:
     s.TSPP.HIDDEN_DIM = 32
     s.TSPP.LAMBDA_MSE = 0.5  # L_tspp = L_ce^mask + lambda_mse * L_mse
     s.TSPP.LOSS_WEIGHT = 0.1  # lambda_tspp in stage 2 (stage 1 uses L_tspp alone)
+    # > 0: rescale every probability map to sum to this many expected points. For latency benchmarks with
+    # random weights only (an untrained head's point count is arbitrary); 0 uses the learned map as it is.
+    s.TSPP.CALIBRATE_POINTS = 0.0
 
     # ---------------------------------------------------------------- SAM (frozen)
     s.SAM = CN()
     s.SAM.ENABLED = True
-    s.SAM.VARIANT = "sam"  # "sam", "hq_sam", "sam2", "mobile_sam", "fast_sam"
+    # a key of MASK_GENERATOR_REGISTRY (sam_mi/modeling/sam/): "sam", "hq_sam", "sam2", "mobile_sam", "fast_sam"
+    s.SAM.VARIANT = "sam"
     s.SAM.MODEL_TYPE = "vit_h"  # the variant's registry key ("vit_h", "vit_l", "vit_b", "tiny", ...)
     s.SAM.CHECKPOINT = ""  # path to the variant's checkpoint (required unless MODEL_TYPE is "tiny")
+    # build the variant's architecture with random weights instead of reading CHECKPOINT (benchmarks); with
+    # it official SAM types run at any IMAGE_SIZE divisible by 16.
+    s.SAM.RANDOM_INIT = False
     s.SAM.IMAGE_SIZE = 1024  # SAM's input size, independent of CLIP's
     s.SAM.POINTS_PER_BATCH = 64  # points decoded together (memory bound)
     # SAM's automatic-mask-generator filters (defaults tuned for ViT-H).
@@ -97,6 +108,10 @@ def add_sam_mi_config(cfg: CN) -> None:
     s.SAM.STABILITY_SCORE_THRESH = 0.95
     s.SAM.STABILITY_SCORE_OFFSET = 1.0
     s.SAM.BOX_NMS_THRESH = 0.7
+
+    # ---------------------------------------------------------------- cost head (Sec. 3.4 + CAT-Seg)
+    s.COST_HEAD = CN()
+    s.COST_HEAD.NAME = "MaskInjectedCostHead"  # COST_HEAD_REGISTRY, sam_mi/modeling/cost_head.py
 
     # ---------------------------------------------------------------- SMAgg (Sec. 3.3)
     s.SMAGG = CN()

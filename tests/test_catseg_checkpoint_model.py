@@ -21,7 +21,7 @@ def image():
 
 
 def catseg_checkpoint(tmp_path):
-    """A CAT-Seg v2 checkpoint (catseg.md Sec. 3 layout) of a tiny baseline with seed 1, converted."""
+    """A CAT-Seg v2 checkpoint (cvlab-kaist/CAT-Seg layout) of a tiny baseline with seed 1, converted."""
     torch.manual_seed(1)
     source = build_model(tiny_cfg("configs/tiny/sam_mi_tiny_baseline.yaml")).eval()
     raw = tmp_path / "model_base.pth"
@@ -65,4 +65,5 @@ def test_sam_mi_config_misses_only_the_new_modules(tmp_path, synthetic_root):
     result = load(model, path)
     assert result.unexpected_keys == []
     assert result.missing_keys
-    assert {k.split(".")[0] for k in result.missing_keys} == {"tspp", "dmi_low", "dmi_high"}
+    assert {".".join(k.split(".")[:2]) for k in result.missing_keys} == {
+        "prompter.head", "cost_head.dmi_low", "cost_head.dmi_high"}

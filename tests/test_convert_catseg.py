@@ -34,15 +34,16 @@ class FakeSAMMI(nn.Module):
         self.clip = DenseCLIP(
             "sam-mi-tiny", "", (96, 96), [1, 2], "attention", "single", CLIP_PIXEL_MEAN, CLIP_PIXEL_STD
         )
-        self.upsample1 = nn.ConvTranspose2d(64, 256, 2, 2)
-        self.upsample2 = nn.ConvTranspose2d(64, 128, 4, 4)
-        self.aggregator = nn.Module()
-        self.aggregator.conv1 = nn.Conv2d(1, 8, 7, padding=3)
+        self.cost_head = nn.Module()
+        self.cost_head.upsample1 = nn.ConvTranspose2d(64, 256, 2, 2)
+        self.cost_head.upsample2 = nn.ConvTranspose2d(64, 128, 4, 4)
+        aggregator = self.cost_head.aggregator = nn.Module()
+        aggregator.conv1 = nn.Conv2d(1, 8, 7, padding=3)
         block_2 = nn.Module()
         block_2.register_buffer("attn_mask", torch.zeros(4, 144, 144))  # persistent in CAT-Seg and ours
-        self.aggregator.layers = nn.ModuleList([nn.Module()])
-        self.aggregator.layers[0].swin_block = nn.Module()
-        self.aggregator.layers[0].swin_block.block_2 = block_2
+        aggregator.layers = nn.ModuleList([nn.Module()])
+        aggregator.layers[0].swin_block = nn.Module()
+        aggregator.layers[0].swin_block.block_2 = block_2
 
 
 def _catseg_layout(ours: dict) -> dict:
@@ -50,7 +51,8 @@ def _catseg_layout(ours: dict) -> dict:
     out = {}
     for k, v in ours.items():
         k = k.replace("clip.model.", "sem_seg_head.predictor.clip_model.", 1)
-        k = k.replace("aggregator.", "sem_seg_head.predictor.transformer.", 1) if k.startswith("aggregator.") else k
+        k = k.replace("cost_head.aggregator.", "sem_seg_head.predictor.transformer.", 1)
+        k = k.replace("cost_head.upsample", "upsample", 1)
         out[k] = torch.randn_like(v) if v.is_floating_point() else v.clone()
     return out
 
@@ -72,13 +74,13 @@ def test_tool_converts_catseg_checkpoint_loadable_by_detectron2(tmp_path, capsys
     assert set(converted) == set(target.state_dict())  # every key maps back, nothing unexpected
     for key, value in catseg.items():
         ours = key.replace("sem_seg_head.predictor.clip_model.", "clip.model.").replace(
-            "sem_seg_head.predictor.transformer.", "aggregator.")
+            "sem_seg_head.predictor.transformer.", "cost_head.aggregator.").replace("upsample", "cost_head.upsample")
         assert torch.equal(converted[ours], value), key
 
     DetectionCheckpointer(target).load(str(tmp_path / "out" / "sammi.pth"))
     for key, value in target.state_dict().items():
         assert torch.equal(value, converted[key]), key
-    assert target.aggregator.layers[0].swin_block.block_2.attn_mask.shape == (4, 144, 144)
+    assert target.cost_head.aggregator.layers[0].swin_block.block_2.attn_mask.shape == (4, 144, 144)
 
 
 def test_pure_mapping_drops_documented_extras_and_rejects_unknown():
@@ -91,9 +93,11 @@ def test_pure_mapping_drops_documented_extras_and_rejects_unknown():
         "clip_pixel_std": torch.zeros(3),
     }
     out, report = convert_catseg_state_dict(sd)
-    assert set(out) == {"clip.model.visual.proj", "aggregator.head.weight", "upsample1.weight", "upsample2.bias"}
+    assert set(out) == {"clip.model.visual.proj", "cost_head.aggregator.head.weight", "cost_head.upsample1.weight",
+                        "cost_head.upsample2.bias"}
     assert sorted(report.dropped) == ["clip_pixel_std", "pixel_mean"]
-    assert report.mapped == {"clip.model.": 1, "aggregator.": 1, "upsample1.": 1, "upsample2.": 1}
+    assert report.mapped == {"clip.model.": 1, "cost_head.aggregator.": 1, "cost_head.upsample1.": 1,
+                             "cost_head.upsample2.": 1}
     assert sammi_to_catseg_state_dict(out) == {k: v for k, v in sd.items() if "pixel" not in k}
 
     with pytest.raises(ValueError, match="no SAM-MI counterpart"):

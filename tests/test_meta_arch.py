@@ -35,12 +35,13 @@ def test_masks_are_injected_and_dmi_changes_logits(stage2_model):
     names = stage2_model.test_class_names
     with torch.no_grad():
         with_dmi = stage2_model.predict(images, names)
-        low, high = stage2_model.dmi_low, stage2_model.dmi_high
-        stage2_model.dmi_low, stage2_model.dmi_high = None, None
+        head = stage2_model.cost_head
+        low, high = head.dmi_low, head.dmi_high
+        head.dmi_low, head.dmi_high = None, None
         try:
             without = stage2_model.predict(images, names)
         finally:
-            stage2_model.dmi_low, stage2_model.dmi_high = low, high
+            head.dmi_low, head.dmi_high = low, high
     assert sum(with_dmi["masks"].num_masks) > 0
     assert not torch.allclose(with_dmi["logits"], without["logits"])
 
@@ -52,7 +53,7 @@ def test_no_masks_falls_back_to_uninjected_path(synthetic_root):
     x = {"image": random_image(seed=2), "height": 128, "width": 160}
     out = model([x])[0]
     assert out["sam_mi"]["num_masks"] == 0 and out["sam_mi"]["injected"] is False
-    model.dmi_low, model.dmi_high = None, None
+    model.cost_head.dmi_low, model.cost_head.dmi_high = None, None
     plain = model([x])[0]
     assert torch.allclose(out["sem_seg"], plain["sem_seg"], atol=1e-6)
 
@@ -67,9 +68,10 @@ def test_training_losses_and_gradients(synthetic_root):
     assert set(losses) == {"loss_sem_seg", "loss_tspp_ce", "loss_tspp_mse"}
     sum(losses.values()).backward()
     grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
-    for prefix in ("aggregator.", "tspp.", "dmi_low.", "dmi_high.", "upsample1.", "clip.model.visual."):
+    for prefix in ("cost_head.aggregator.", "prompter.head.", "cost_head.dmi_low.", "cost_head.dmi_high.",
+                   "cost_head.upsample1.", "clip.model.visual."):
         assert any(n.startswith(prefix) for n in grads), prefix
-    assert not any(n.startswith("sam.") for n in grads)
+    assert not any(n.startswith("mask_generator.") for n in grads)
     # Sec. 3.2: TSPP's loss does not reach CLIP's visual encoder
     model.zero_grad()
     (losses := model(batch))["loss_tspp_ce"].backward()
@@ -80,7 +82,7 @@ def test_training_losses_and_gradients(synthetic_root):
 def test_stage1_trains_tspp_only(synthetic_root):
     model = build_model(tiny_cfg("configs/tiny/sam_mi_tiny_stage1.yaml")).train()
     trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {"tspp"}
+    assert trainable == {"prompter"}
     sem_seg = torch.randint(0, len(model.train_class_names), (128, 128))
     losses = model([{"image": random_image(128, 128), "sem_seg": sem_seg}])
     assert set(losses) == {"loss_tspp_ce", "loss_tspp_mse"}
@@ -127,13 +129,33 @@ def test_frozen_sam_stays_out_of_checkpoints(stage2_model, tmp_path):
     from detectron2.checkpoint import DetectionCheckpointer
 
     state = stage2_model.state_dict()
-    assert state and not any(k.startswith("sam.") for k in state)
-    assert any(n.startswith("sam.") for n, _ in stage2_model.named_parameters())
+    assert state and not any(k.startswith("mask_generator.") for k in state)
+    assert any(n.startswith("mask_generator.") for n, _ in stage2_model.named_parameters())
     DetectionCheckpointer(stage2_model, save_dir=str(tmp_path)).save("ckpt")
     torch.manual_seed(123)
     other = build_model(tiny_cfg()).eval()
-    own_sam = {n: p.clone() for n, p in other.sam.named_parameters()}
+    own_sam = {n: p.clone() for n, p in other.mask_generator.named_parameters()}
     result = other.load_state_dict(torch.load(tmp_path / "ckpt.pth", weights_only=False)["model"], strict=True)
     assert result.missing_keys == [] and result.unexpected_keys == []  # strict load passes without SAM keys
-    assert all(torch.equal(p, own_sam[n]) for n, p in other.sam.named_parameters())  # SAM untouched
-    assert torch.equal(other.aggregator.head.weight, stage2_model.aggregator.head.weight)
+    assert all(torch.equal(p, own_sam[n]) for n, p in other.mask_generator.named_parameters())  # SAM untouched
+    assert torch.equal(other.cost_head.aggregator.head.weight, stage2_model.cost_head.aggregator.head.weight)
+
+
+def test_checkpoints_of_the_pre_stage_layout_load(stage2_model, tmp_path):
+    """Keys written before the stages existed (``tspp.``, ``aggregator.``, ``dmi_low.`` ... on SAMMI) load."""
+    from sam_mi.modeling.checkpoint_keys import LEGACY_PREFIXES
+
+    legacy = {}
+    for key, value in stage2_model.state_dict().items():
+        for old, new in LEGACY_PREFIXES:
+            if key.startswith(new):
+                key = old + key[len(new):]
+                break
+        legacy[key] = value
+    assert "tspp.embed.0.weight" in legacy and "aggregator.head.weight" in legacy and "upsample1.weight" in legacy
+    torch.manual_seed(321)
+    other = build_model(tiny_cfg()).eval()
+    result = other.load_state_dict(legacy, strict=True)
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    for key, value in stage2_model.state_dict().items():
+        assert torch.equal(other.state_dict()[key], value), key

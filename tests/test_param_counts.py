@@ -33,6 +33,6 @@ def test_baseline_parameter_counts(config, total, trainable, aggregator):
     params = list(model.named_parameters())
     assert sum(p.numel() for _, p in params) == total
     assert sum(p.numel() for _, p in params if p.requires_grad) == trainable
-    assert sum(p.numel() for n, p in params if n.startswith("aggregator.")) == aggregator
+    assert sum(p.numel() for n, p in params if n.startswith("cost_head.aggregator.")) == aggregator
     # no SAM-MI module in the baseline
-    assert model.tspp is None and model.sam is None and model.dmi_low is None and model.dmi_high is None
+    assert model.prompter is None and model.mask_generator is None and not model.cost_head.injects

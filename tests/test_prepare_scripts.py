@@ -20,15 +20,19 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = ["coco_stuff", "ade20k_150", "ade20k_full", "pascal_context_59", "pascal_context_459", "voc"]
 
 
-def _script(name: str):
-    sys.path.insert(0, str(REPO / "datasets"))
-    try:
-        spec = importlib.util.spec_from_file_location(f"prepare_{name}", REPO / "datasets" / f"prepare_{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(REPO / "datasets"))
+def _load_module(module_name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     return module
+
+
+def _script(name: str):
+    """Load datasets/prepare_<name>.py as a module; its sibling prepare_common is provided the same way
+    (registered in sys.modules, which is what its ``import prepare_common`` looks up)."""
+    if "prepare_common" not in sys.modules:
+        sys.modules["prepare_common"] = _load_module("prepare_common", REPO / "datasets" / "prepare_common.py")
+    return _load_module(f"prepare_{name}", REPO / "datasets" / f"prepare_{name}.py")
 
 
 def _jpg(path: Path, h: int, w: int) -> None:

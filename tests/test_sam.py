@@ -8,7 +8,8 @@ from torch import nn
 
 from sam_mi.modeling.sam import (
     SAM_CHECKPOINT_URLS,
-    build_mask_generator,
+    create_mask_generator,
+    build_official_architecture,
     build_sam_model,
     build_tiny_sam,
     infer_sam_type,
@@ -26,7 +27,8 @@ PERMISSIVE = dict(pred_iou_thresh=-1e9, stability_score_thresh=0.0, stability_sc
 def _generator(variant="sam", points_per_batch=16, box_nms_thresh=1.0, image_size=128, **thr):
     kw = dict(PERMISSIVE, **thr)
     torch.manual_seed(0)
-    return build_mask_generator(variant, "tiny", "", image_size, points_per_batch, box_nms_thresh=box_nms_thresh, **kw)
+    return create_mask_generator(variant, model_type="tiny", image_size=image_size,
+                                 points_per_batch=points_per_batch, box_nms_thresh=box_nms_thresh, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +168,7 @@ def test_frozen_and_eval_inside_training_parent(gen, embedding):
 
 def test_missing_checkpoint_names_url_and_key(tmp_path):
     with pytest.raises(FileNotFoundError) as e:
-        build_mask_generator("sam", "vit_b", str(tmp_path / "nope.pth"), 1024, 64, 0.88, 0.95, 1.0, 0.7)
+        create_mask_generator("sam", model_type="vit_b", checkpoint=str(tmp_path / "nope.pth"), image_size=1024)
     assert SAM_CHECKPOINT_URLS["vit_b"] in str(e.value) and "MODEL.SAM_MI.SAM.CHECKPOINT" in str(e.value)
     with pytest.raises(FileNotFoundError, match="MODEL.SAM_MI.SAM.CHECKPOINT"):
         build_sam_model("vit_h", "")
@@ -199,6 +201,17 @@ def test_checkpoint_round_trip(tmp_path):
     load_checkpoint(dst, str(path), "tiny")
     assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
     assert infer_sam_type(src.state_dict()) == "tiny"
+
+
+def test_official_architectures_match_segment_anything():
+    """SAM_ARCHS (our builder, any image size) builds what segment-anything's own registry builds at 1024."""
+    from segment_anything import sam_model_registry
+
+    ours = build_official_architecture("vit_b").state_dict()
+    theirs = sam_model_registry["vit_b"](checkpoint=None).state_dict()
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in theirs.items()}
+    small = build_sam_model("vit_b", checkpoint="", image_size=256, random_init=True)
+    assert small.image_encoder.pos_embed.shape == (1, 16, 16, 768)
 
 
 def test_param_counts():
@@ -235,13 +248,13 @@ def test_missing_optional_package_names_pip_package(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "segment_anything_hq", None)  # makes `import segment_anything_hq` fail
     with pytest.raises(ImportError, match="pip install segment-anything-hq"):
-        build_mask_generator("hq_sam", "tiny", "", 128, 64, 0.88, 0.95, 1.0, 0.7)
+        create_mask_generator("hq_sam", model_type="tiny", checkpoint="", image_size=128)
 
 
 def test_variants_without_weights_explain_themselves(tmp_path):
     with pytest.raises(FileNotFoundError, match="FastSAM-x.pt"):
-        build_mask_generator("fast_sam", "x", "", 1024, 64, 0.88, 0.95, 1.0, 0.7)
+        create_mask_generator("fast_sam", model_type="x", checkpoint="", image_size=1024)
     with pytest.raises(FileNotFoundError, match="mobile_sam.pt"):
-        build_mask_generator("mobile_sam", "vit_t", str(tmp_path / "m.pt"), 1024, 64, 0.88, 0.95, 1.0, 0.7)
+        create_mask_generator("mobile_sam", model_type="vit_t", checkpoint=str(tmp_path / "m.pt"), image_size=1024)
     with pytest.raises(ValueError, match="unknown SAM variant"):
-        build_mask_generator("sam3", "tiny", "", 128, 64, 0.88, 0.95, 1.0, 0.7)
+        create_mask_generator("sam3", model_type="tiny", checkpoint="", image_size=128)

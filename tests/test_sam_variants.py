@@ -20,13 +20,13 @@ os.environ.setdefault("YOLO_AUTOINSTALL", "0")
 
 from sam_mi.modeling.sam import (
     PointPromptedSAM,
-    build_mask_generator,
+    create_mask_generator,
     build_tiny_sam,
     points_to_input_frame,
 )  # noqa: E402
-from sam_mi.modeling.sam.ultralytics_variants import (  # noqa: E402
+from sam_mi.modeling.sam.mobile_sam import MOBILE_SAM_CHECKPOINT_URL  # noqa: E402
+from sam_mi.modeling.sam.fast_sam import (  # noqa: E402
     FAST_SAM_CHECKPOINT_URLS,
-    MOBILE_SAM_CHECKPOINT_URL,
     FastSAMPointPrompted,
     pack_yolo_outputs,
     select_masks_by_points,
@@ -42,7 +42,8 @@ PERMISSIVE = dict(pred_iou_thresh=-100.0, stability_score_thresh=0.0, stability_
 def _gen(variant, model_type="tiny", checkpoint="", image_size=128, box_nms_thresh=1.0, **thr):
     torch.manual_seed(0)
     kw = dict(PERMISSIVE, **thr)
-    return build_mask_generator(variant, model_type, checkpoint, image_size, 16, box_nms_thresh=box_nms_thresh, **kw)
+    return create_mask_generator(variant, model_type=model_type, checkpoint=checkpoint, image_size=image_size,
+                                 points_per_batch=16, box_nms_thresh=box_nms_thresh, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,7 @@ def test_mobile_sam_prompts_like_sam(mobile, images):
 
 
 def test_mobile_sam_checkpoint_loading(tmp_path):
-    from sam_mi.modeling.sam.ultralytics_variants import build_mobile_sam_model
+    from sam_mi.modeling.sam.mobile_sam import build_mobile_sam_model
 
     torch.manual_seed(3)
     src = build_mobile_sam_model("vit_t", None, 1024)  # random MobileSAM at its official size

@@ -13,8 +13,7 @@ from detectron2.modeling import build_model
 
 from conftest import REPO, tiny_cfg
 
-sys.path.insert(0, os.path.join(REPO, "tools"))
-from train_net import Trainer, build_optimizer  # noqa: E402
+from sam_mi.engine import Trainer, build_optimizer
 
 
 def test_optimizer_groups_follow_multipliers(synthetic_root):
@@ -27,9 +26,9 @@ def test_optimizer_groups_follow_multipliers(synthetic_root):
         if not p.requires_grad:
             assert id(p) not in lr_of, name  # frozen parameters (SAM, CLIP's K) are not optimised
             continue
-        expected = base * (0.01 if name.startswith("clip.") else 0.1 if name.startswith("tspp.") else 1.0)
+        expected = base * (0.01 if name.startswith("clip.") else 0.1 if name.startswith("prompter.") else 1.0)
         assert lr_of[id(p)] == pytest.approx(expected), name
-    assert any(n.startswith("sam.") for n, _ in model.named_parameters())
+    assert any(n.startswith("mask_generator.") for n, _ in model.named_parameters())
     assert type(opt).__name__ == "FullModelGradientClippingOptimizer"
 
 

@@ -9,7 +9,6 @@ full-size run takes. Usage (what `make demo` runs):
 import argparse
 import logging
 import os
-import sys
 import time
 
 import numpy as np
@@ -22,11 +21,9 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_net import Trainer  # noqa: E402  (tools/ is not a package)
-
-from sam_mi import add_sam_mi_config  # noqa: E402
-from sam_mi.data.synthetic import generate_synthetic_stuff  # noqa: E402
+from sam_mi import add_sam_mi_config
+from sam_mi.data.synthetic import generate_synthetic_stuff
+from sam_mi.engine import Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 logger = logging.getLogger("sam_mi.demo")

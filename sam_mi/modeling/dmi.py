@@ -9,6 +9,7 @@ resolution and batched with :func:`pad_masks`. Images with no (non-empty) mask p
 from typing import List, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -142,3 +143,14 @@ __all__ = [
     "LowFrequencyInjection",
     "HighFrequencyInjection",
 ]
+
+
+def resize_masks(masks: Tensor, size: Tuple[int, int]) -> Tensor:
+    """Bool[B, N, H, W] -> Bool[B, N, h, w]: a pixel of the coarser grid belongs to a mask when at least half
+    of the area it covers does (area interpolation), so a mask thinner than a cell vanishes instead of
+    spreading over its neighbours."""
+    if tuple(masks.shape[-2:]) == tuple(size):
+        return masks
+    b, n = masks.shape[:2]
+    area = F.interpolate(masks.flatten(0, 1)[:, None].float(), size=size, mode="area")
+    return (area[:, 0] >= 0.5).view(b, n, *size)

@@ -1,9 +1,11 @@
-"""CAT-Seg v2 <-> SAM-MI state-dict key mapping (catseg.md Sec. 3), as pure functions.
+"""CAT-Seg v2 <-> SAM-MI state-dict key mapping, as pure functions.
 
 CAT-Seg (CVPR 2024 code, checkpoints ``model_base.pth`` / ``model_large.pth``) stores
 ``sem_seg_head.predictor.clip_model.*`` (CLIP, split q/k/v as ours), ``sem_seg_head.predictor.transformer.*``
-(the Aggregator) and ``upsample1.*`` / ``upsample2.*`` at the meta-architecture level.  SAM-MI keeps the same
-module names below new prefixes (docs/CONTRACTS.md): ``clip.model.``, ``aggregator.``, ``upsample1/2.``.
+(the Aggregator) and ``upsample1.*`` / ``upsample2.*`` at the meta-architecture level (cvlab-kaist/CAT-Seg
+cat_seg/cat_seg_model.py, cat_seg/modeling/transformer/cat_seg_predictor.py). SAM-MI keeps the same module
+names below its stage prefixes (docs/CONTRACTS.md): ``clip.model.``, ``cost_head.aggregator.``,
+``cost_head.upsample1/2.``.
 """
 import re
 from dataclasses import dataclass, field
@@ -23,9 +25,9 @@ __all__ = [
 # (CAT-Seg prefix, SAM-MI prefix); the first match wins.
 CATSEG_TO_SAMMI_PREFIXES: Tuple[Tuple[str, str], ...] = (
     ("sem_seg_head.predictor.clip_model.", "clip.model."),
-    ("sem_seg_head.predictor.transformer.", "aggregator."),
-    ("upsample1.", "upsample1."),
-    ("upsample2.", "upsample2."),
+    ("sem_seg_head.predictor.transformer.", "cost_head.aggregator."),
+    ("upsample1.", "cost_head.upsample1."),
+    ("upsample2.", "cost_head.upsample2."),
 )
 
 # Documented extras that are dropped instead of mapped.  CAT-Seg v2 registers its pixel statistics as

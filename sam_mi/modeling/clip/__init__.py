@@ -10,13 +10,14 @@ from .build import (
     register_model_configs,
     resolve_pretrained,
 )
-from .dense import DenseCLIP, resize_pos_embed
+from .dense import DenseCLIP, build_dense_clip, resize_pos_embed
 from .text import PROMPT_TEMPLATES, build_prompts, first_synonym
 
 register_model_configs()  # makes "sam-mi-tiny" known to open_clip.create_model / get_tokenizer
 
 __all__ = [
     "DenseCLIP",
+    "build_dense_clip",
     "build_clip_model",
     "PROMPT_TEMPLATES",
     "SplitQKVAttention",

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from .build import apply_finetune_policy, build_clip_model, canonical_model_name
 from .text import TextEmbeddingCache, build_prompts, get_templates
 
-__all__ = ["DenseCLIP", "resize_pos_embed"]
+__all__ = ["DenseCLIP", "build_dense_clip", "resize_pos_embed"]
 
 
 def resize_pos_embed(pos_embed: Tensor, old_grid: Tuple[int, int], new_grid: Tuple[int, int]) -> Tensor:
@@ -230,3 +230,19 @@ class DenseCLIP(nn.Module):
             f"model_name={self.model_name!r}, resolution={self.resolution}, guidance_layers={self.guidance_layers}, "
             f"finetune={self.finetune!r}, prompt_templates={self.prompt_templates!r}"
         )
+
+
+def build_dense_clip(cfg) -> DenseCLIP:
+    """DenseCLIP from ``MODEL.SAM_MI.CLIP``."""
+    c = cfg.MODEL.SAM_MI.CLIP
+    return DenseCLIP(
+        model_name=c.MODEL_NAME,
+        pretrained=c.PRETRAINED,
+        resolution=tuple(c.RESOLUTION),
+        guidance_layers=tuple(c.GUIDANCE_LAYERS),
+        finetune=c.FINETUNE,
+        prompt_templates=c.PROMPT_TEMPLATES,
+        pixel_mean=c.PIXEL_MEAN,
+        pixel_std=c.PIXEL_STD,
+        text_batch_size=c.TEXT_BATCH_SIZE,
+    )

@@ -1,31 +1,21 @@
-"""MobileSAM and FastSAM (paper Table 9, "fast SAM" rows) behind `PointPromptedSAM`, built from `ultralytics`.
+"""FastSAM (paper Table 9: "FastSAM") behind `PointPromptedSAM`, built from `ultralytics`.
 
-Both come from the `ultralytics` package (pip install ultralytics), imported only when one of these variants
-is built. Before that import SAM-MI sets YOLO_OFFLINE=1 and YOLO_AUTOINSTALL=0 unless the user set them:
-SAM-MI uses ultralytics as a model library only, so it must never probe the network, download assets or
-pip-install modules at run time (ultralytics does all three by default). Checkpoints are checked before.
-
-* MobileSAM ("vit_t"): TinyViT image encoder + SAM's prompt encoder / mask decoder (ultralytics
-  `build_mobile_sam`, the same modules and call signatures as segment-anything), so SAM's point decoding,
-  filters and NMS (`PointPromptedSAM`) apply unchanged. "tiny" = the same architecture (10.1M parameters)
-  randomly initialised and run at `image_size` (TinyViT's attention biases are per window, so
-  `set_imgsz` makes any side divisible by 16 work; 128 px encodes in ~0.06 s on one CPU core vs ~2.6 s at 1024).
-* FastSAM ("x" = FastSAM-x / YOLOv8x-seg, 72M; "s" = FastSAM-s / YOLOv8s-seg): a "segment everything"
-  model, not point-promptable at a decoder. Point prompting follows FastSAM's own point prompt
-  (ultralytics `FastSAMPredictor.prompt`): run everything mode once per image, keep the masks that contain a
-  positive point. See `FastSAMPointPrompted` for the mapping onto `encode` / `generate`.
+FastSAM ("x" = FastSAM-x / YOLOv8x-seg, 72M; "s" = FastSAM-s / YOLOv8s-seg) is a "segment everything"
+model, not point-promptable at a decoder. Point prompting follows FastSAM's own point prompt (ultralytics
+`FastSAMPredictor.prompt`): run everything mode once per image, keep the masks that contain a positive
+point. See `FastSAMPointPrompted` for the mapping onto `encode` / `generate`.
 """
 
 import math
-import os
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from detectron2.config import configurable
 from torch import nn
 from torchvision.ops import batched_nms
 
-from .build import OFFICIAL_IMAGE_SIZE, load_checkpoint, require_checkpoint
+from .checkpoint import OFFICIAL_IMAGE_SIZE, require_checkpoint
 from .point_decoder import (
     PointPromptedSAM,
     check_generate_args,
@@ -33,22 +23,9 @@ from .point_decoder import (
     logits_to_out_size,
     points_to_input_frame,
 )
+from .registry import mask_generator_args, register_mask_generator
+from .ultralytics_support import _require_ultralytics
 
-__all__ = [
-    "MOBILE_SAM_CHECKPOINT_URL",
-    "FAST_SAM_CHECKPOINT_URLS",
-    "FastSAMPointPrompted",
-    "build_mobile_sam_model",
-    "build_mobile_sam_generator",
-    "build_fast_sam_model",
-    "build_fast_sam_generator",
-    "pack_yolo_outputs",
-    "unpack_yolo_outputs",
-    "yolo_nms",
-    "select_masks_by_points",
-]
-
-MOBILE_SAM_CHECKPOINT_URL = "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt"
 FAST_SAM_CHECKPOINT_URLS = {
     t: f"https://github.com/ultralytics/assets/releases (FastSAM-{t}.pt; also linked from "
     "https://github.com/CASIA-IVA-Lab/FastSAM)"
@@ -59,54 +36,6 @@ FAST_SAM_ARCHS = {"x": "yolov8x-seg.yaml", "s": "yolov8s-seg.yaml", "tiny": "yol
 _YOLO_STRIDE = 32  # coarsest YOLOv8 stride; P3/P4/P5 at 8/16/32, mask prototypes at 4
 
 
-def _require_ultralytics():
-    """Import ultralytics offline (see module docstring) or say which pip package provides it."""
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("YOLO_AUTOINSTALL", "0")
-    try:
-        import ultralytics
-    except ImportError as e:
-        raise ImportError(
-            "SAM variants 'mobile_sam' and 'fast_sam' need the 'ultralytics' package: "
-            "pip install --no-deps ultralytics==8.4.190 ultralytics-thop==2.2.3"
-        ) from e
-    return ultralytics
-
-
-# ---------------------------------------------------------------------------------------------- MobileSAM
-def build_mobile_sam_model(model_type: str, checkpoint: Optional[str], image_size: int) -> nn.Module:
-    """ultralytics `SAMModel` with MobileSAM's TinyViT encoder ("vit_t" from `checkpoint`; "tiny" = random).
-
-    checkpoint=None builds random weights; "" or a missing path raises (before importing ultralytics)."""
-    if model_type not in ("vit_t", "tiny"):
-        raise ValueError(f"unknown MobileSAM model type '{model_type}'; choose 'vit_t' (mobile_sam.pt) or 'tiny'")
-    if model_type == "vit_t":
-        if image_size != OFFICIAL_IMAGE_SIZE:
-            raise ValueError(f"MobileSAM 'vit_t' runs at image size {OFFICIAL_IMAGE_SIZE}, got {image_size}")
-        if checkpoint is not None:
-            require_checkpoint(checkpoint, model_type, "mobile_sam", MOBILE_SAM_CHECKPOINT_URL)
-    elif image_size % 16:
-        raise ValueError(
-            f"the tiny MobileSAM (TinyViT, output stride 16) needs image_size divisible by 16, got {image_size}"
-        )
-    _require_ultralytics()
-    from ultralytics.models.sam.build import build_mobile_sam
-
-    model = build_mobile_sam(None)  # never pass a path: ultralytics would try to download a missing one
-    if image_size != OFFICIAL_IMAGE_SIZE:
-        model.set_imgsz([image_size, image_size])  # TinyViT resolutions + prompt encoder grid
-    if model_type == "vit_t" and checkpoint is not None:
-        load_checkpoint(model, checkpoint, model_type, "mobile_sam", MOBILE_SAM_CHECKPOINT_URL)
-    return model
-
-
-def build_mobile_sam_generator(model_type: str, checkpoint: str, image_size: int, **kw) -> PointPromptedSAM:
-    """MobileSAM inside SAM's point-prompted decoding (3 candidates per point, AMG filters, box NMS)."""
-    model = build_mobile_sam_model(model_type, None if model_type == "tiny" else checkpoint, image_size)
-    return PointPromptedSAM(model, image_size, **kw)
-
-
-# ---------------------------------------------------------------------------------------------- FastSAM
 def pack_yolo_outputs(preds: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
     """Fold YOLOv8-seg's raw outputs into one embedding at the stride-32 grid (lossless, pixel_unshuffle).
 
@@ -344,12 +273,15 @@ def build_fast_sam_model(model_type: str, checkpoint: Optional[str]) -> nn.Modul
     return model.float().fuse(verbose=False).eval()  # BN folded into convs, as ultralytics' predictor does
 
 
+@register_mask_generator("fast_sam")
+@configurable(from_config=mask_generator_args)
 def build_fast_sam_generator(
-    model_type: str, checkpoint: str, image_size: int, points_per_batch: int = 64, **kw
+    model_type: str, checkpoint: str = "", image_size: int = OFFICIAL_IMAGE_SIZE, *, random_init: bool = False,
+    points_per_batch: int = 64, **kw
 ) -> FastSAMPointPrompted:
     """FastSAM behind `PointPromptedSAM`'s interface. pred_iou_thresh is FastSAM's confidence threshold
     (its default 0.4); stability filtering applies only if stability_score_thresh > 0 (FastSAM has none)."""
     if model_type in ("x", "s") and image_size != OFFICIAL_IMAGE_SIZE:
         raise ValueError(f"FastSAM '{model_type}' runs at image size {OFFICIAL_IMAGE_SIZE} (imgsz), got {image_size}")
-    model = build_fast_sam_model(model_type, None if model_type == "tiny" else checkpoint)
+    model = build_fast_sam_model(model_type, None if model_type == "tiny" or random_init else checkpoint)
     return FastSAMPointPrompted(model, image_size, points_per_batch=points_per_batch, **kw)
