@@ -1,5 +1,5 @@
 """Full-size baselines build with random weights (no download) and match CAT-Seg's parameter counts
-(catseg.md Sec. 3: ViT-B/16 154.3M total / 25.1M trainable; ViT-L/14@336 433.7M / 70.3M)."""
+(the released CAT-Seg models: ViT-B/16 154.3M total / 25.1M trainable; ViT-L/14@336 433.7M / 70.3M)."""
 import os
 
 import pytest

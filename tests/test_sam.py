@@ -217,7 +217,7 @@ def test_official_architectures_match_segment_anything():
 def test_param_counts():
     tiny = sam_param_count("tiny")
     assert tiny["total"] == tiny["image_encoder"] + tiny["prompt_encoder"] + tiny["mask_decoder"] > 0
-    vit_b = sam_param_count("vit_b")  # data_and_sam.md §3.2: 93.74M total, 89.67M encoder
+    vit_b = sam_param_count("vit_b")  # segment-anything's ViT-B: 93.74M total, 89.67M encoder
     assert abs(vit_b["total"] / 1e6 - 93.74) < 0.01 and abs(vit_b["image_encoder"] / 1e6 - 89.67) < 0.01
 
 

@@ -1,5 +1,5 @@
 """CLIP for SAM-MI / CAT-Seg: open_clip models with split Q/K/V attention, dense image features, text
-embeddings (SAM-MI Sec. 3.1; catseg.md Sec. 2.1-2.2)."""
+embeddings (arXiv 2511.20027 Sec. 3.1; cvlab-kaist/CAT-Seg cat_seg/modeling/transformer/cat_seg_predictor.py)."""
 from .attention import SplitQKVAttention, split_attention_, split_in_proj_weights
 from .build import (
     CLIPWeightsNotFoundError,

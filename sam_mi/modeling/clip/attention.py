@@ -100,7 +100,7 @@ class SplitQKVAttention(nn.Module):
     def value_output(self, x: Tensor) -> Tensor:
         """out_proj(v_proj(x)) for every token, [..., D] -> [..., D].
 
-        CAT-Seg's dense last layer (catseg.md Sec. 2.1) keeps only this "value path": no attention mixing,
+        CAT-Seg's dense last layer (cvlab-kaist/CAT-Seg cat_seg/third_party/model_vpt.py) keeps only this "value path": no attention mixing,
         so each patch token stays local (better localisation for the cost volume)."""
         return self.out_proj(self._project(x, 2))
 

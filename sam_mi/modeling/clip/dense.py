@@ -2,7 +2,8 @@
 
 These are SAM-MI's (Sec. 3.1) CLIP inputs to the cost volume: dense image embeddings ``E_v`` [B,D,h,w]
 from the image encoder with CAT-Seg's modified last block, text embeddings ``E_t`` [T,P,D], and the
-outputs of two intermediate blocks that guide the upsampling decoder (catseg.md Sec. 2.1-2.3).
+outputs of two intermediate blocks that guide the upsampling decoder (cvlab-kaist/CAT-Seg cat_seg/third_party/model_vpt.py and
+cat_seg/modeling/transformer/cat_seg_predictor.py).
 """
 from typing import Hashable, List, Sequence, Tuple
 
@@ -116,7 +117,7 @@ class DenseCLIP(nn.Module):
     def encode_image_dense(self, images: Tensor) -> Tuple[Tensor, List[Tensor]]:
         """images [B,3,H,W] float 0-255 RGB -> (dense [B,D,h,w], guidance list of [B,W,h,w]).
 
-        CAT-Seg's dense forward (catseg.md Sec. 2.1): normalise, bilinear resize to ``resolution``,
+        CAT-Seg's dense forward (cvlab-kaist/CAT-Seg cat_seg/third_party/model_vpt.py): normalise, bilinear resize to ``resolution``,
         patchify + CLS + (resized) positional embedding, ln_pre, blocks 0..N-2 (collecting the outputs
         of ``guidance_layers``), the last block's value path, ln_post on all tokens, @ proj; CLS dropped.
         """

@@ -1,4 +1,5 @@
-"""Prompt templates, class-name handling and the per-vocabulary text-embedding cache (catseg.md Sec. 2.2).
+"""Prompt templates, class-name handling and the per-vocabulary text-embedding cache (cvlab-kaist/CAT-Seg
+cat_seg/modeling/transformer/cat_seg_predictor.py, cat_seg/third_party/imagenet_templates.py).
 
 The class embeddings ``E_t`` of the cost volume (SAM-MI Sec. 3.1, following CAT-Seg) are CLIP text
 embeddings of one prompt per (class, template).

@@ -20,7 +20,8 @@ from .registry import (
     register_mask_generator,
     registered_variants,
 )
-from .sam import SAM_ARCHS, build_official_architecture, build_sam_model, build_tiny_sam, sam_param_count
+from .param_count import sam_param_count
+from .sam import SAM_ARCHS, build_official_architecture, build_sam_model, build_tiny_sam
 
 __all__ = [
     "MASK_GENERATOR_REGISTRY",
