@@ -101,6 +101,9 @@ def add_sam_mi_config(cfg: CN) -> None:
     # build the variant's architecture with random weights instead of reading CHECKPOINT (benchmarks); with
     # it official SAM types run at any IMAGE_SIZE divisible by 16.
     s.SAM.RANDOM_INIT = False
+    # diagnostic: the ground truth's regions replace SAM's masks (SMAgg and DMI unchanged), the ceiling of
+    # mask injection on a dataset. Needs the labels in the inputs (training; whole-image evaluation).
+    s.SAM.ORACLE_MASKS = False
     s.SAM.IMAGE_SIZE = 1024  # SAM's input size, independent of CLIP's
     s.SAM.POINTS_PER_BATCH = 64  # points decoded together (memory bound)
     # SAM's automatic-mask-generator filters (defaults tuned for ViT-H).

@@ -4,6 +4,7 @@
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -11,6 +12,9 @@ from torch import Tensor, nn
 from ..utils.stage_timer import stage
 from .dmi import pad_masks
 from .smagg import shallow_mask_aggregation
+
+
+_REGION_CHUNK = 32  # regions resized at once by region_masks
 
 
 @dataclass
@@ -26,6 +30,9 @@ class MaskProposals:
     num_points: List[int]
     num_sam_masks: List[int]
     num_masks: List[int]
+    #: per image, kept only when asked (predictor, figures): the prompts [N_p,2] and SAM's masks before SMAgg
+    points: Optional[List[Tensor]] = None
+    sam_masks: Optional[List[Tensor]] = None
 
 
 def text_masks_from_logits(class_logits: Tensor, out_size: Tuple[int, int]) -> Tensor:
@@ -46,6 +53,7 @@ def propose_masks(
     class_logits: Tensor,
     out_size: Tuple[int, int],
     alpha_sma: Optional[float],
+    keep_intermediates: bool = False,
 ) -> MaskProposals:
     """SAM's masks for a batch, merged by SMAgg when ``alpha_sma`` is not None.
 
@@ -56,24 +64,74 @@ def propose_masks(
         class_logits: [B, T, h, w] logits whose argmax gives M^text (TSPP's mask output, or the raw cost maps).
         out_size: resolution of the returned masks.
         alpha_sma: SMAgg's threshold (Eq. 7); None keeps SAM's masks as they are ("w/o SMAgg").
+        keep_intermediates: also return each image's prompts and SAM masks before SMAgg.
     """
     with stage("sam_encoder"):
         embeddings = mask_generator.encode(images)
-    per_image, n_points, n_sam = [], [], []
+    sam_masks, all_points = [], []
     for i in range(images.shape[0]):  # per image: each has its own number of points and masks
         with stage("sam_decoding"):
             pts = points(i)
             masks, _ = mask_generator.generate(embeddings[i], pts, tuple(images.shape[-2:]), out_size)
-        n_points.append(int(pts.shape[0]))
-        n_sam.append(int(masks.shape[0]))
+        all_points.append(pts)
+        sam_masks.append(masks)
+    return aggregate_masks(sam_masks, all_points, class_logits, out_size, alpha_sma, keep_intermediates)
+
+
+def aggregate_masks(
+    sam_masks: List[Tensor],
+    points: List[Tensor],
+    class_logits: Tensor,
+    out_size: Tuple[int, int],
+    alpha_sma: Optional[float],
+    keep_intermediates: bool = False,
+) -> MaskProposals:
+    """SMAgg (Eq. 6-7) on each image's masks Bool[N_s,H,W] (SAM's, or ground-truth regions for the oracle
+    diagnostic), then padding over the batch. ``points`` are the prompts that produced them (counted only)."""
+    merged = []
+    for i, masks in enumerate(sam_masks):
         if alpha_sma is not None and masks.shape[0] > 0:
             with stage("smagg"):
                 text_masks = text_masks_from_logits(class_logits[i].detach(), out_size)
                 masks = shallow_mask_aggregation(masks, text_masks, alpha_sma)
-        per_image.append(masks)
+        merged.append(masks)
     return MaskProposals(
-        masks=pad_masks(per_image),
-        num_points=n_points,
-        num_sam_masks=n_sam,
-        num_masks=[int(m.shape[0]) for m in per_image],
+        masks=pad_masks(merged),
+        num_points=[int(p.shape[0]) for p in points],
+        num_sam_masks=[int(m.shape[0]) for m in sam_masks],
+        num_masks=[int(m.shape[0]) for m in merged],
+        points=points if keep_intermediates else None,
+        sam_masks=sam_masks if keep_intermediates else None,
     )
+
+
+def region_masks(sem_seg: Tensor, out_size: Tuple[int, int], ignore_value: int = 255) -> Tensor:
+    """The oracle's masks: every connected region of one class in a label map [H, W] -> Bool[N, h, w].
+
+    Regions are 8-connected components (scipy.ndimage.label) per class, ignored pixels excluded; each is
+    resized to ``out_size`` by area (a cell belongs to a region when at least half of it does), and regions
+    that vanish at that size are dropped. Used by ``MODEL.SAM_MI.SAM.ORACLE_MASKS`` to show the ceiling of
+    mask injection: the masks a perfect SAM would give.
+    """
+    from scipy import ndimage
+
+    labels = sem_seg.detach().cpu().numpy()
+    structure = np.ones((3, 3), dtype=bool)
+    components = np.zeros(labels.shape, dtype=np.int64)
+    offset = 0
+    for c in np.unique(labels):  # per class present (not per pixel): scipy labels its components at once
+        if c == ignore_value:
+            continue
+        comp, n = ndimage.label(labels == c, structure=structure)
+        components[comp > 0] = comp[comp > 0] + offset
+        offset += n
+    if offset == 0:
+        return torch.zeros(0, *out_size, dtype=torch.bool, device=sem_seg.device)
+    comp = torch.as_tensor(components, device=sem_seg.device)
+    ids = torch.arange(1, offset + 1, device=comp.device)
+    chunks = []
+    for start in range(0, offset, _REGION_CHUNK):  # bounds memory: [chunk, H, W] floats at a time
+        onehot = (comp[None] == ids[start : start + _REGION_CHUNK, None, None]).float()
+        chunks.append(F.interpolate(onehot[None], size=out_size, mode="area")[0] >= 0.5)
+    masks = torch.cat(chunks)
+    return masks[masks.flatten(1).any(dim=1)]

@@ -24,7 +24,7 @@ from .clip import DenseCLIP, build_dense_clip
 from .cost_head import build_cost_head
 from .inference import sliding_window_inference, whole_image_scores
 from .losses import per_class_bce
-from .mask_proposals import MaskProposals, propose_masks
+from .mask_proposals import MaskProposals, aggregate_masks, propose_masks, region_masks
 from .prompter import build_prompter
 from .sam import build_mask_generator
 
@@ -59,6 +59,7 @@ class SAMMI(nn.Module):
         ignore_value: int = 255,
         inference_seed: int = 0,
         inference_amp: bool = False,
+        oracle_masks: bool = False,
     ):
         """
         Args:
@@ -71,6 +72,9 @@ class SAMMI(nn.Module):
             sliding_window: the OVSS evaluation protocol (4 crops + 1 global view of a 640x640 resize).
             inference_seed: seed of the point sampling at test time, so evaluation is repeatable.
             inference_amp: autocast inference (float16 on CUDA, bfloat16 on CPU).
+            oracle_masks: a diagnostic: the ground truth's regions replace SAM's masks (then SMAgg and DMI
+                run as usual), showing the ceiling of mask injection on a dataset. Needs "sem_seg" in the
+                inputs (training, or whole-image evaluation with a mapper that keeps the labels).
         """
         super().__init__()
         if train_stage not in (1, 2):
@@ -95,6 +99,7 @@ class SAMMI(nn.Module):
         self.ignore_value = ignore_value
         self.inference_seed = inference_seed
         self.inference_amp = inference_amp
+        self.oracle_masks = oracle_masks
         self.train_class_names = list(train_class_names)
         self.set_vocabulary(test_class_names)
         if train_stage == 1:  # Sec. 3.5 stage 1: only TSPP's parameters are updated.
@@ -124,6 +129,7 @@ class SAMMI(nn.Module):
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "inference_seed": cfg.SEED if cfg.SEED >= 0 else 0,
             "inference_amp": s.INFERENCE.AMP,
+            "oracle_masks": s.SAM.ORACLE_MASKS,
         }
 
     @property
@@ -138,7 +144,8 @@ class SAMMI(nn.Module):
         self.test_class_names = names
 
     # ------------------------------------------------------------------ forward
-    def forward(self, batched_inputs: List[Dict]):
+    def forward(self, batched_inputs: List[Dict], keep_intermediates: bool = False):
+        """Losses (training) or one result per input (``inference_one``; ``keep_intermediates`` at test time)."""
         for x in batched_inputs:
             check_image(x["image"])
         if self.training:
@@ -147,11 +154,11 @@ class SAMMI(nn.Module):
             return self.losses(images, targets)
         amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         with torch.inference_mode(), torch.autocast(self.device.type, amp_dtype, enabled=self.inference_amp):
-            return [self.inference_one(x) for x in batched_inputs]
+            return [self.inference_one(x, keep_intermediates) for x in batched_inputs]
 
     def losses(self, images: Tensor, targets: Tensor) -> Dict[str, Tensor]:
         """Training losses for images [B,3,H,W] (0-255) and labels [B,H,W] (Sec. 3.5)."""
-        out = self.predict(images, self.train_class_names, stage1=self.train_stage == 1)
+        out = self.predict(images, self.train_class_names, stage1=self.train_stage == 1, targets=targets)
         losses = {}
         if out.get("tspp_prob") is not None:
             weight = 1.0 if self.train_stage == 1 else self.lambda_tspp
@@ -164,13 +171,22 @@ class SAMMI(nn.Module):
                 storage_put("sam_mi/num_masks", out["masks"].num_masks)
         return losses
 
-    def inference_one(self, x: Dict) -> Dict:
+    def inference_one(self, x: Dict, keep_intermediates: bool = False) -> Dict:
+        """Scores [T, height, width] and SAM-MI's counts for one input dict; with ``keep_intermediates`` also
+        the forward's intermediate results ("intermediates": the dict of :meth:`predict` for the first view)."""
         image = x["image"].to(self.device).float()
         height, width = x.get("height", image.shape[-2]), x.get("width", image.shape[-1])
         stats: Dict[str, List[int]] = {"num_points": [], "num_sam_masks": [], "num_masks": []}
+        targets = x["sem_seg"].to(self.device)[None] if self.oracle_masks and "sem_seg" in x else None
+        captured: List[Dict] = []
 
         def predict(views: Tensor) -> Tensor:
-            out = self.predict(views, self.test_class_names)
+            if targets is not None and views.shape[-2:] != targets.shape[-2:]:
+                raise ValueError("MODEL.SAM_MI.SAM.ORACLE_MASKS needs labels in the frame of each view: use "
+                                 "whole-image inference (MODEL.SAM_MI.INFERENCE.SLIDING_WINDOW False)")
+            out = self.predict(views, self.test_class_names, targets=targets, keep_intermediates=keep_intermediates)
+            if keep_intermediates and not captured:
+                captured.append(out)
             if out["masks"] is not None:
                 for k in stats:
                     stats[k].extend(getattr(out["masks"], k))
@@ -184,10 +200,14 @@ class SAMMI(nn.Module):
             scores = whole_image_scores(predict(image[None]), (height, width))
         summary = {k: sum(v) for k, v in stats.items()}
         summary["injected"] = summary["num_masks"] > 0 and self.cost_head.injects
-        return {"sem_seg": scores, "sam_mi": summary}
+        result = {"sem_seg": scores, "sam_mi": summary}
+        if keep_intermediates:
+            result["intermediates"] = captured[0]
+        return result
 
-    def predict(self, images: Tensor, class_names: Sequence[str], stage1: bool = False) -> Dict:
-        """One forward pass over images [B,3,H,W] (0-255 RGB).
+    def predict(self, images: Tensor, class_names: Sequence[str], stage1: bool = False,
+                targets: Optional[Tensor] = None, keep_intermediates: bool = False) -> Dict:
+        """One forward pass over images [B,3,H,W] (0-255 RGB); ``targets`` [B,H,W] only for oracle masks.
 
         Returns "logits" [B,T,4h,4w] (absent in stage 1), "tspp_prob" [B,G,G] and "tspp_logits" [B,T,h,w]
         (when TSPP is on) and "masks" (``MaskProposals`` or None).
@@ -205,21 +225,33 @@ class SAMMI(nn.Module):
         if stage1:
             return out
         if self.mask_generator is not None:
-            out["masks"] = self.propose_masks(images, out["tspp_prob"], class_logits, tuple(dense.shape[-2:]))
+            out["masks"] = self.propose_masks(images, out["tspp_prob"], class_logits, tuple(dense.shape[-2:]),
+                                              targets, keep_intermediates)
         masks = out["masks"].masks if out["masks"] is not None else None
         out["logits"] = self.cost_head(dense, guidance, text, masks)
         return out
 
-    def propose_masks(self, images: Tensor, prob: Optional[Tensor], class_logits: Tensor, grid: tuple) -> MaskProposals:
+    def propose_masks(self, images: Tensor, prob: Optional[Tensor], class_logits: Tensor, grid: tuple,
+                      targets: Optional[Tensor] = None, keep_intermediates: bool = False) -> MaskProposals:
         """Prompts -> SAM -> SMAgg for a batch; masks at the decoder's resolution (4h x 4w)."""
+        out_size = (4 * grid[0], 4 * grid[1])
+        if self.oracle_masks:
+            if targets is None:
+                raise ValueError("MODEL.SAM_MI.SAM.ORACLE_MASKS needs the ground truth: the inputs must carry "
+                                 "'sem_seg' (a test mapper that keeps the labels)")
+            with stage("sam_decoding"):
+                regions = [region_masks(t, out_size, self.ignore_value) for t in targets]
+            no_points = [images.new_zeros(0, 2) for _ in regions]
+            return aggregate_masks(regions, no_points, class_logits, out_size, self.alpha_sma, keep_intermediates)
         generator = None if self.training else self._inference_generator(images.device)
         return propose_masks(
             self.mask_generator,
             images,
             lambda i: self.prompter.sample(None if prob is None else prob[i], images.device, generator),
             class_logits,
-            out_size=(4 * grid[0], 4 * grid[1]),
+            out_size=out_size,
             alpha_sma=self.alpha_sma,
+            keep_intermediates=keep_intermediates,
         )
 
     def cost_maps(self, dense: Tensor, text: Tensor) -> Tensor:
