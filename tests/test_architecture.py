@@ -145,3 +145,19 @@ def test_sources_cite_only_what_the_repository_holds():
         if name.startswith(("tools/", "tests/")) and "sys.path.insert" in text or "sys.path.append" in text:
             offenders.append(name + " (sys.path edit)")
     assert offenders == []
+
+
+def test_random_frozen_sam_is_the_same_in_every_build(synthetic_root):
+    """Frozen modules not loaded from a checkpoint must agree across ranks and between training and evaluation
+    (issue: with broadcast_buffers=False each rank built its own random SAM)."""
+    torch.manual_seed(1)
+    a = build_model(tiny_cfg())
+    state = torch.get_rng_state()
+    torch.manual_seed(2)
+    b = build_model(tiny_cfg())
+    assert all(torch.equal(x, y) for x, y in zip(a.mask_generator.state_dict().values(),
+                                                  b.mask_generator.state_dict().values()))
+    assert not torch.equal(a.cost_head.aggregator.head.weight, b.cost_head.aggregator.head.weight)
+    torch.manual_seed(1)
+    build_model(tiny_cfg())
+    assert torch.equal(torch.get_rng_state(), state)  # the global stream is untouched by the SAM's own seed

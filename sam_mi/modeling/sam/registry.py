@@ -14,8 +14,12 @@ mask-generator interface (docs/CONTRACTS.md): ``encode(images) -> embeddings`` a
 """
 from typing import Callable, Dict, List
 
+import torch
 from detectron2.utils.registry import Registry
 from torch import nn
+
+#: Seed of every randomly initialised (frozen) mask generator; see build_mask_generator.
+RANDOM_WEIGHTS_SEED = 0
 
 MASK_GENERATOR_REGISTRY = Registry("SAM_MI_MASK_GENERATOR")
 MASK_GENERATOR_REGISTRY.__doc__ = "Frozen point-prompted mask generators, keyed by MODEL.SAM_MI.SAM.VARIANT."
@@ -67,9 +71,25 @@ def get_mask_generator_builder(variant: str) -> Callable:
     return MASK_GENERATOR_REGISTRY.get(variant)
 
 
+def has_random_weights(cfg) -> bool:
+    """Whether the config's mask generator is randomly initialised (tiny without checkpoint, RANDOM_INIT)."""
+    s = cfg.MODEL.SAM_MI.SAM
+    return bool(s.RANDOM_INIT) or (s.MODEL_TYPE == "tiny" and not s.CHECKPOINT)
+
+
 def build_mask_generator(cfg) -> nn.Module:
-    """The frozen mask generator of ``MODEL.SAM_MI.SAM.VARIANT``, built from the config."""
-    return get_mask_generator_builder(cfg.MODEL.SAM_MI.SAM.VARIANT)(cfg)
+    """The frozen mask generator of ``MODEL.SAM_MI.SAM.VARIANT``, built from the config.
+
+    A frozen generator with random weights is never trained nor saved, so it must be the same module on every
+    rank and in every process that rebuilds the model (training, evaluation, a resumed run): it is built under
+    its own fixed seed, leaving the global random state as it was.
+    """
+    builder = get_mask_generator_builder(cfg.MODEL.SAM_MI.SAM.VARIANT)
+    if not has_random_weights(cfg):
+        return builder(cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        return builder(cfg)
 
 
 def create_mask_generator(variant: str, *args, **kwargs) -> nn.Module:
