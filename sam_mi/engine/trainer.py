@@ -1,10 +1,11 @@
 """detectron2's DefaultTrainer with SAM-MI's data, optimizer, schedule, DDP wrapper and evaluation."""
+import logging
 import os
 from collections import OrderedDict
 
 import torch
-from detectron2.data import build_detection_train_loader
-from detectron2.engine import DefaultTrainer
+from detectron2.data import get_detection_dataset_dicts
+from detectron2.engine import DefaultTrainer, hooks
 from detectron2.engine import defaults as d2_defaults
 from detectron2.solver import build_lr_scheduler
 from detectron2.solver.lr_scheduler import LRMultiplier, WarmupParamScheduler
@@ -13,13 +14,25 @@ from fvcore.common.param_scheduler import PolynomialDecayParamScheduler
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data.dataset_mapper import SemanticDatasetMapper
+from ..data.train_stream import build_resumable_train_loader
 from ..data.vocabulary import dataset_vocabulary
 from ..evaluation import build_evaluator
+from ..utils.rng import preserved_rng, restore_rng_state
+from .hooks import RNGStateHook
 from .optimizer import build_optimizer, unwrap
+
+logger = logging.getLogger(__name__)
 
 
 class Trainer(DefaultTrainer):
+    """detectron2's DefaultTrainer whose resume continues the interrupted run exactly: the data stream starts
+    at the resumed iteration (sam_mi/data/train_stream.py) and the random states saved with the checkpoint are
+    restored (hooks.RNGStateHook); evaluation during training leaves the random streams untouched."""
+
     def __init__(self, cfg):
+        # seed of the training stream's shuffling and augmentations: SEED, or one random seed shared by all
+        # ranks (saved in the checkpoints, so that a resumed run continues the same stream)
+        self.loader_seed = int(cfg.SEED) if cfg.SEED >= 0 else comm.shared_random_seed()
         # DefaultTrainer wraps the model with detectron2's create_ddp_model; ours differs in two ways (below).
         d2_create_ddp_model = d2_defaults.create_ddp_model
         d2_defaults.create_ddp_model = create_ddp_model
@@ -27,6 +40,47 @@ class Trainer(DefaultTrainer):
             super().__init__(cfg)
         finally:
             d2_defaults.create_ddp_model = d2_create_ddp_model
+        self.rng_states = None
+
+    def build_hooks(self):
+        """detectron2's hooks, with the random states gathered right before each checkpoint."""
+        hook_list = super().build_hooks()
+        rng = RNGStateHook(self.cfg.SOLVER.CHECKPOINT_PERIOD, self.cfg.SOLVER.MAX_ITER)
+        at = next(i for i, h in enumerate(hook_list) if isinstance(h, hooks.PeriodicCheckpointer))
+        return hook_list[:at] + [rng] + hook_list[at:]
+
+    def state_dict(self):
+        state = super().state_dict()
+        state["loader_seed"] = self.loader_seed
+        if self.rng_states is not None:
+            state["rng_states"] = self.rng_states
+        return state
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self._resume_state = state
+
+    def resume_or_load(self, resume: bool = True):
+        """Load MODEL.WEIGHTS, or resume from the last checkpoint of OUTPUT_DIR: model, optimizer, scheduler,
+        iteration, the data stream's position and every rank's random-number states."""
+        self._resume_state = None
+        super().resume_or_load(resume=resume)
+        state = self._resume_state
+        if not resume or state is None:
+            return
+        self._trainer.data_loader = self.build_train_loader(self.cfg, start_iter=self.start_iter,
+                                                            seed=state.get("loader_seed"))
+        self._trainer._data_loader_iter_obj = None
+        states = state.get("rng_states")
+        if states is None:
+            logger.warning("the checkpoint holds no random-number states (older run): the resumed run's random "
+                           "draws will differ from the uninterrupted run's")
+        else:
+            rank = comm.get_rank()
+            if len(states) != comm.get_world_size():
+                logger.warning("checkpoint written by %d processes, resumed with %d: random states of rank %d "
+                               "reused", len(states), comm.get_world_size(), rank % len(states))
+            restore_rng_state(states[rank % len(states)])
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -34,9 +88,14 @@ class Trainer(DefaultTrainer):
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return build_evaluator(cfg, dataset_name, output_folder)
 
-    @classmethod
-    def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=SemanticDatasetMapper(cfg, is_train=True))
+    def build_train_loader(self, cfg, start_iter: int = 0, seed=None):
+        """Batches from iteration ``start_iter`` on (sam_mi/data/train_stream.py: each sample's augmentation
+        has its own random state, so the stream is the same whatever the workers or the resume point)."""
+        records = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
+        return build_resumable_train_loader(
+            records, SemanticDatasetMapper(cfg, is_train=True), cfg.SOLVER.IMS_PER_BATCH,
+            cfg.DATALOADER.NUM_WORKERS, self.loader_seed if seed is None else seed, start_iter,
+        )
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):
@@ -66,8 +125,9 @@ class Trainer(DefaultTrainer):
             sub = cfg.clone()
             sub.defrost()
             sub.DATASETS.TEST = (name,)
-            results[name] = super().test(sub, model)
-        return results[cfg.DATASETS.TEST[0]] if len(results) == 1 else results
+            with preserved_rng():  # evaluation during training must not shift the training's random draws
+                results[name] = super().test(sub, model)
+        return results[cfg.DATASETS.TEST[0]] if len(results) == 1 else results  # {} without test sets
 
 
 def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
