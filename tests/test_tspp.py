@@ -1,5 +1,9 @@
 """TSPP (Sec. 3.2): Eq. 2-5 targets, grid sampling and the head, against loop / scipy references."""
+import hashlib
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -7,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 from segment_anything.utils.amg import build_point_grid
+
+from conftest import REPO
 
 from sam_mi.modeling.tspp import (
     TSPPHead,
@@ -230,6 +236,85 @@ def test_random_points():
     assert torch.equal(random_points(8, 64), grid)
     with pytest.raises(ValueError):
         random_points(4, 17)
+
+
+class _FakeCudaGenerator:
+    """Stands in for a CUDA generator on a CPU-only machine: reports device "cuda", draws from a CPU one."""
+
+    def __init__(self, seed: int):
+        self.device = torch.device("cuda")
+        self.inner = torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture
+def cuda_generator_rule(monkeypatch):
+    """Install torch's CUDA rule on the CPU: a tensor drawn with a generator must be created on the
+    generator's device (torch raises "Expected a 'cuda' device type for generator" otherwise)."""
+    real_rand, real_randperm = torch.rand, torch.randperm
+    calls = []
+
+    def checked(real):
+        def draw(*args, generator=None, device=None, **kwargs):
+            if generator is not None:
+                where = torch.device(device) if device is not None else torch.device("cpu")
+                calls.append((generator.device.type, where.type))
+                if where.type != generator.device.type:
+                    raise RuntimeError(f"Expected a '{where.type}' device type for generator but found "
+                                       f"'{generator.device.type}'")
+                if isinstance(generator, _FakeCudaGenerator):
+                    return real(*args, generator=generator.inner, **kwargs)  # pretend: values "on cuda"
+            return real(*args, generator=generator, device=device, **kwargs)
+
+        return draw
+
+    monkeypatch.setattr(torch, "rand", checked(real_rand))
+    monkeypatch.setattr(torch, "randperm", checked(real_randperm))
+    return calls
+
+
+def test_samplers_draw_on_the_generators_device(cuda_generator_rule):
+    prob = torch.full((6, 6), 0.5)
+    pts = sample_points(prob, generator=_FakeCudaGenerator(0))
+    assert pts.device == prob.device and pts.shape[1] == 2
+    pts = random_points(6, 10, generator=_FakeCudaGenerator(0))
+    assert pts.shape == (10, 2) and pts.device.type == "cpu"
+    # CPU generators obey the same rule, and a CUDA-side generator gives the CPU stream's values
+    assert torch.equal(sample_points(prob, torch.Generator().manual_seed(1)),
+                       sample_points(prob, _FakeCudaGenerator(1)))
+    assert cuda_generator_rule and all(g == d for g, d in cuda_generator_rule)
+    # the rule fixture does catch the bug it is for: randperm with a CUDA generator and no device=
+    with pytest.raises(RuntimeError, match="device type for generator"):
+        torch.randperm(36, generator=_FakeCudaGenerator(0))
+
+
+def test_image_seeds_are_stable_and_order_free():
+    from sam_mi.modeling.seeding import image_key, image_seed, sampling_generator
+
+    key = image_key({"file_name": "/data/ADEChallengeData2016/images/validation/ADE_val_00000001.jpg"})
+    assert key == "ADE_val_00000001.jpg" == image_key({"file_name": "other_root/ADE_val_00000001.jpg"})
+    digest = hashlib.sha256(b"7\0ADE_val_00000001.jpg").digest()
+    assert image_seed(7, key) == int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    assert image_seed(7, key) != image_seed(8, key) != image_seed(8, "ADE_val_00000002.jpg")
+    # another interpreter (string hashing salted differently) derives the same seed
+    code = "from sam_mi.modeling.seeding import image_seed; print(image_seed(7, 'ADE_val_00000001.jpg'))"
+    env = dict(os.environ, PYTHONHASHSEED="random", PYTHONPATH=REPO)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert int(out.stdout.strip()) == image_seed(7, key)
+    # without a file name: a content hash
+    img = torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    assert image_key({"image": img}) == image_key({"image": img.clone()}) != image_key({"image": img.flip(-1)})
+    with pytest.raises(ValueError, match="file_name"):
+        image_key({})
+    # per-image streams: an image's points do not depend on which images a process saw before it
+    probs = {f"img_{i}.png": torch.rand(8, 8, generator=torch.Generator().manual_seed(i)) for i in range(6)}
+
+    def evaluate(names):
+        return {n: sample_points(probs[n], sampling_generator(image_seed(0, n))) for n in names}
+
+    one_process = evaluate(list(probs))
+    shards = evaluate(list(probs)[0::2]) | evaluate(list(probs)[1::2][::-1])
+    assert all(torch.equal(one_process[n], shards[n]) for n in probs)
+    assert not torch.equal(one_process["img_0.png"], one_process["img_1.png"])
 
 
 # ----------------------------------------------------------------------------- head and losses
