@@ -25,6 +25,7 @@ from sam_mi.modeling.tspp import (
     tspp_prob_targets,
     tspp_targets,
 )
+from sam_mi.modeling.tspp_heads import TSPP_HEADS, PaperTSPPHead, build_tspp_head
 
 
 # ----------------------------------------------------------------------------- references (loops)
@@ -318,10 +319,11 @@ def test_image_seeds_are_stable_and_order_free():
 
 
 # ----------------------------------------------------------------------------- head and losses
-@pytest.mark.parametrize("t", [3, 300])
-def test_head_shapes_nonnegative_and_gradients(t):
+@pytest.mark.parametrize("name", TSPP_HEADS)
+@pytest.mark.parametrize("t", [1, 3, 300])
+def test_head_shapes_nonnegative_and_gradients(t, name):
     torch.manual_seed(0)
-    head = TSPPHead(hidden_dim=16, grid_size=12, num_heads=4)
+    head = build_tspp_head(name, hidden_dim=16, grid_size=12, num_heads=4)
     cost = torch.rand(2, t, 6, 5) * 2 - 1
     prob, logits = head(cost)
     assert prob.shape == (2, 12, 12) and logits.shape == (2, t, 6, 5)
@@ -331,12 +333,16 @@ def test_head_shapes_nonnegative_and_gradients(t):
     losses = tspp_losses(prob, logits, sem, torch.rand(2, 12, 12), lambda_mse=0.5)
     sum(losses.values()).backward()
     for name, p in head.named_parameters():
+        if t == 1 and name.startswith(("mask_proj", "mask_head")):
+            continue  # one class: the cross-entropy is constant, M^text is trivially that class
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-def test_head_is_class_order_equivariant():
+@pytest.mark.parametrize("name", TSPP_HEADS)
+def test_head_is_class_order_equivariant(name):
+    """Mask logits follow a permutation of the classes; the probability map does not change."""
     torch.manual_seed(0)
-    head = TSPPHead(hidden_dim=8, grid_size=8, num_heads=2)
+    head = build_tspp_head(name, hidden_dim=8, grid_size=8, num_heads=2)
     cost = torch.randn(1, 5, 4, 4)
     perm = torch.tensor([3, 0, 4, 1, 2])
     p1, l1 = head(cost)
@@ -362,3 +368,21 @@ def test_losses_match_manual():
     assert all_ignored.item() == 0.0
     with pytest.raises(ValueError, match="classes"):
         tspp_losses(prob, logits, torch.full_like(sem, 3), tgt, 0.3)
+
+
+def test_paper_head_structure():
+    """Fig. 3c: MLP + attention block -> S_en -> two linear projection heads; G x G from h x w by resizing."""
+    head = build_tspp_head("paper", hidden_dim=32, grid_size=32)
+    assert isinstance(head, PaperTSPPHead) and isinstance(build_tspp_head("pooled_conv", 32, 32), TSPPHead)
+    assert isinstance(head.mask_proj, torch.nn.Linear) and isinstance(head.prob_proj, torch.nn.Linear)
+    assert head.mask_proj.out_features == head.prob_proj.out_features == 1
+    prob, logits = head(torch.rand(2, 7, 24, 24) * 2 - 1)
+    assert prob.shape == (2, 32, 32) and logits.shape == (2, 7, 24, 24)
+    # L_mse reaches the probability head and S_en, not the mask projection (detached class weights)
+    F.mse_loss(prob, torch.rand_like(prob)).backward()
+    assert head.mask_proj.weight.grad is None and head.prob_proj.weight.grad.abs().sum() > 0
+    assert head.embed[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="TSPP.HEAD"):
+        build_tspp_head("conv", 32, 32)
+    with pytest.raises(ValueError, match="T >= 1"):
+        head(torch.rand(1, 0, 4, 4))
