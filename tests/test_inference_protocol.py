@@ -212,3 +212,23 @@ def test_tiny_model_matches_catseg_both_modes(baseline_model, num_classes):
         mine = sliding_window_inference(predict, image, 96, 0.333, 160, (100, 140))
         ref = catseg_sliding_window(core, image, clip_res, 100, 140, kernel=96, out_res=(160, 160))
         assert_same(mine, ref)
+
+
+def test_model_forward_sliding_window_matches_catseg(synthetic_root):
+    """Through SAMMI.forward (SAM parts off): the OVSS protocol's sliding window gives CAT-Seg's scores."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg("configs/tiny/sam_mi_tiny_baseline.yaml", opts=["MODEL.SAM_MI.INFERENCE.SLIDING_WINDOW", True])
+    model = build_model(cfg).eval()
+    s = cfg.MODEL.SAM_MI.INFERENCE
+    image = random_image(100, 140, seed=5).round().to(torch.uint8)
+    out = model([{"image": image, "height": 120, "width": 150}])[0]["sem_seg"]
+    names = model.test_class_names
+
+    def core(x):
+        with identity_normalisation(model.clip):
+            return model.predict(x, names)["logits"]
+
+    with torch.no_grad():
+        ref = catseg_sliding_window(core, image.float(), model.clip.resolution, 120, 150, kernel=s.WINDOW_SIZE,
+                                    overlap=s.WINDOW_OVERLAP, out_res=(s.OUT_RESOLUTION, s.OUT_RESOLUTION))
+    assert_same(out, ref)

@@ -386,3 +386,27 @@ def test_paper_head_structure():
         build_tspp_head("conv", 32, 32)
     with pytest.raises(ValueError, match="T >= 1"):
         head(torch.rand(1, 0, 4, 4))
+
+
+def test_paper_head_drives_the_tiny_model(synthetic_root):
+    """The paper head honours TSPPHead's contract inside SAMMI: stage-2 losses, gradients, SAM prompts."""
+    from detectron2.modeling import build_model
+
+    from conftest import tiny_cfg
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    model = build_model(cfg)
+    s = cfg.MODEL.SAM_MI.TSPP
+    model.tspp = build_tspp_head("paper", s.HIDDEN_DIM, s.GRID_SIZE)
+    model.train()
+    g = torch.Generator().manual_seed(0)
+    batch = [{"image": torch.randint(0, 256, (3, 128, 128), dtype=torch.uint8, generator=g),
+              "sem_seg": torch.randint(0, len(model.train_class_names), (128, 128), generator=g)}]
+    losses = model(batch)
+    assert {"loss_tspp_ce", "loss_tspp_mse", "loss_sem_seg"} <= set(losses)
+    sum(losses.values()).backward()
+    assert model.tspp.prob_proj.weight.grad.abs().sum() > 0 and model.tspp.mask_proj.weight.grad.abs().sum() > 0
+    model.eval()
+    out = model([{"image": batch[0]["image"], "height": 128, "width": 128}])[0]
+    assert out["sem_seg"].shape[-2:] == (128, 128) and out["sam_mi"]["num_points"] > 0
