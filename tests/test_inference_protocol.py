@@ -111,6 +111,8 @@ def test_mean_padding_equals_zero_padding_of_the_normalised_image():
     assert pad_to_divisible(image, 0, 0.0) is image and pad_to_divisible(image[:, :32, :64], 32, 0.0).shape == (3, 32, 64)
     with pytest.raises(ValueError, match="per channel"):
         pad_to_divisible(image, 32, [1.0, 2.0])
+    with pytest.raises(ValueError, match="float tensor"):
+        pad_to_divisible(image.to(torch.uint8), 32, CLIP_PIXEL_MEAN)  # the mean would be truncated
 
 
 def test_bilinear_resize_commutes_with_normalisation():

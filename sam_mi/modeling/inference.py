@@ -49,8 +49,8 @@ def pad_to_divisible(image: Tensor, size_divisibility: int, pad_value: Union[flo
     ``pad_value`` is a scalar or one value per channel: the CLIP pixel mean in 0-255 reproduces CAT-Seg's
     zero padding of the normalised image (see the module docstring).
     """
-    if image.dim() != 3:
-        raise ValueError(f"image must be [C, H, W], got {tuple(image.shape)}")
+    if image.dim() != 3 or not image.is_floating_point():
+        raise ValueError(f"image must be a float tensor [C, H, W] (0-255), got {image.dtype} {tuple(image.shape)}")
     c, h, w = image.shape
     if size_divisibility <= 1:
         return image
