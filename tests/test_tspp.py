@@ -25,7 +25,9 @@ from sam_mi.modeling.tspp import (
     tspp_prob_targets,
     tspp_targets,
 )
-from sam_mi.modeling.tspp_heads import TSPP_HEADS, PaperTSPPHead, build_tspp_head
+from sam_mi.modeling.tspp_heads import PaperTSPPHead
+
+HEADS = [PaperTSPPHead, TSPPHead]
 
 
 # ----------------------------------------------------------------------------- references (loops)
@@ -319,11 +321,11 @@ def test_image_seeds_are_stable_and_order_free():
 
 
 # ----------------------------------------------------------------------------- head and losses
-@pytest.mark.parametrize("name", TSPP_HEADS)
+@pytest.mark.parametrize("head_cls", HEADS, ids=lambda c: c.__name__)
 @pytest.mark.parametrize("t", [1, 3, 300])
-def test_head_shapes_nonnegative_and_gradients(t, name):
+def test_head_shapes_nonnegative_and_gradients(t, head_cls):
     torch.manual_seed(0)
-    head = build_tspp_head(name, hidden_dim=16, grid_size=12, num_heads=4)
+    head = head_cls(hidden_dim=16, grid_size=12, num_heads=4)
     cost = torch.rand(2, t, 6, 5) * 2 - 1
     prob, logits = head(cost)
     assert prob.shape == (2, 12, 12) and logits.shape == (2, t, 6, 5)
@@ -338,11 +340,11 @@ def test_head_shapes_nonnegative_and_gradients(t, name):
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("name", TSPP_HEADS)
-def test_head_is_class_order_equivariant(name):
+@pytest.mark.parametrize("head_cls", HEADS, ids=lambda c: c.__name__)
+def test_head_is_class_order_equivariant(head_cls):
     """Mask logits follow a permutation of the classes; the probability map does not change."""
     torch.manual_seed(0)
-    head = build_tspp_head(name, hidden_dim=8, grid_size=8, num_heads=2)
+    head = head_cls(hidden_dim=8, grid_size=8, num_heads=2)
     cost = torch.randn(1, 5, 4, 4)
     perm = torch.tensor([3, 0, 4, 1, 2])
     p1, l1 = head(cost)
@@ -372,8 +374,7 @@ def test_losses_match_manual():
 
 def test_paper_head_structure():
     """Fig. 3c: MLP + attention block -> S_en -> two linear projection heads; G x G from h x w by resizing."""
-    head = build_tspp_head("paper", hidden_dim=32, grid_size=32)
-    assert isinstance(head, PaperTSPPHead) and isinstance(build_tspp_head("pooled_conv", 32, 32), TSPPHead)
+    head = PaperTSPPHead(hidden_dim=32, grid_size=32)
     assert isinstance(head.mask_proj, torch.nn.Linear) and isinstance(head.prob_proj, torch.nn.Linear)
     assert head.mask_proj.out_features == head.prob_proj.out_features == 1
     prob, logits = head(torch.rand(2, 7, 24, 24) * 2 - 1)
@@ -382,31 +383,47 @@ def test_paper_head_structure():
     F.mse_loss(prob, torch.rand_like(prob)).backward()
     assert head.mask_proj.weight.grad is None and head.prob_proj.weight.grad.abs().sum() > 0
     assert head.embed[0].weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="TSPP.HEAD"):
-        build_tspp_head("conv", 32, 32)
     with pytest.raises(ValueError, match="T >= 1"):
         head(torch.rand(1, 0, 4, 4))
 
 
-def test_paper_head_drives_the_tiny_model(synthetic_root):
-    """The paper head honours TSPPHead's contract inside SAMMI: stage-2 losses, gradients, SAM prompts."""
+@pytest.fixture
+def paper_head_registered():
+    """The one registration prompter.py needs (``TSPP_HEAD_REGISTRY.register(PaperTSPPHead)``), undone after."""
+    from sam_mi.modeling.prompter import TSPP_HEAD_REGISTRY
+
+    added = "PaperTSPPHead" not in TSPP_HEAD_REGISTRY
+    if added:
+        TSPP_HEAD_REGISTRY.register(PaperTSPPHead)
+    yield "PaperTSPPHead"
+    if added:
+        TSPP_HEAD_REGISTRY._obj_map.pop("PaperTSPPHead")
+
+
+def test_paper_head_drives_the_tiny_model(synthetic_root, paper_head_registered):
+    """Chosen by MODEL.SAM_MI.TSPP.HEAD_NAME, the paper head honours the prompter's contract inside SAMMI:
+    stage-1 and stage-2 losses, gradients to both projection heads, points for SAM at test time."""
     from detectron2.modeling import build_model
 
     from conftest import tiny_cfg
 
-    torch.manual_seed(0)
-    cfg = tiny_cfg()
-    model = build_model(cfg)
-    s = cfg.MODEL.SAM_MI.TSPP
-    model.tspp = build_tspp_head("paper", s.HIDDEN_DIM, s.GRID_SIZE)
-    model.train()
     g = torch.Generator().manual_seed(0)
     batch = [{"image": torch.randint(0, 256, (3, 128, 128), dtype=torch.uint8, generator=g),
-              "sem_seg": torch.randint(0, len(model.train_class_names), (128, 128), generator=g)}]
+              "sem_seg": torch.randint(0, 5, (128, 128), generator=g)}]
+    opts = ["MODEL.SAM_MI.TSPP.HEAD_NAME", paper_head_registered]
+    torch.manual_seed(0)
+    stage1 = build_model(tiny_cfg("configs/tiny/sam_mi_tiny_stage1.yaml", opts=opts)).train()
+    assert isinstance(stage1.prompter.head, PaperTSPPHead)
+    assert {n for n, p in stage1.named_parameters() if p.requires_grad} == {
+        "prompter.head." + n for n, _ in stage1.prompter.head.named_parameters()}
+    assert set(stage1(batch)) == {"loss_tspp_ce", "loss_tspp_mse"}
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(opts=opts)).train()
     losses = model(batch)
     assert {"loss_tspp_ce", "loss_tspp_mse", "loss_sem_seg"} <= set(losses)
     sum(losses.values()).backward()
-    assert model.tspp.prob_proj.weight.grad.abs().sum() > 0 and model.tspp.mask_proj.weight.grad.abs().sum() > 0
+    head = model.prompter.head
+    assert head.prob_proj.weight.grad.abs().sum() > 0 and head.mask_proj.weight.grad.abs().sum() > 0
     model.eval()
     out = model([{"image": batch[0]["image"], "height": 128, "width": 128}])[0]
     assert out["sem_seg"].shape[-2:] == (128, 128) and out["sam_mi"]["num_points"] > 0

@@ -30,7 +30,6 @@ from functools import lru_cache
 from typing import Dict, List, Optional, Sequence, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 CFG = "configs/coco-stuff-171"
 ABL = f"{CFG}/ablations"

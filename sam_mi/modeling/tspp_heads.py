@@ -1,24 +1,21 @@
-"""TSPP networks: cost maps S [B, T, h, w] -> (sampling probabilities [B, G, G], mask logits [B, T, h, w]).
+"""The paper's TSPP network: cost maps S [B, T, h, w] -> (sampling probabilities [B, G, G], mask logits).
 
-* ``"paper"`` (:class:`PaperTSPPHead`, the default): the network of arXiv 2511.20027 Sec. 3.2 / Fig. 3c.
-  "a lightweight MLP layer and attention block enrich spatial-level and class-level contextual information
-  in S, yielding S_en", then "two linear projection heads" give M^text and the probabilities.
-* ``"pooled_conv"`` (:class:`~sam_mi.modeling.tspp.TSPPHead`): our earlier head, whose probability branch
-  is a stack of 3x3 convolutions over hand-made class-pooled inputs (class-weighted mean, max, log expected
-  area). Kept as an option for comparison and for checkpoints trained with it.
-
-Both keep the same forward contract, so the meta-architecture does not care which one it holds.
+:class:`PaperTSPPHead` is the network of arXiv 2511.20027 Sec. 3.2 / Fig. 3c: "a lightweight MLP layer and
+attention block enrich spatial-level and class-level contextual information in S, yielding S_en", then
+"two linear projection heads" give M^text and the probabilities.  The earlier head,
+:class:`~sam_mi.modeling.tspp.TSPPHead`, whose probability branch is a stack of 3x3 convolutions over
+hand-made class-pooled inputs (class-weighted mean, max, log expected area), stays available for comparison
+and for checkpoints trained with it.  Both have the same forward contract and constructor arguments, so
+either can be the prompter's head (``TSPP_HEAD_REGISTRY``, key ``MODEL.SAM_MI.TSPP.HEAD_NAME``).
 """
 from typing import Tuple
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .tspp import ClassLinearAttention, TSPPHead
+from .tspp import ClassLinearAttention
 
-__all__ = ["TSPP_HEADS", "PaperTSPPHead", "build_tspp_head"]
-
-TSPP_HEADS = ("paper", "pooled_conv")
+__all__ = ["PaperTSPPHead"]
 
 
 class PaperTSPPHead(nn.Module):
@@ -91,11 +88,3 @@ class PaperTSPPHead(nn.Module):
         prob = F.softplus(F.interpolate(prob, size=size, mode="bilinear", align_corners=False))
         return prob.squeeze(1), mask_logits
 
-
-def build_tspp_head(name: str, hidden_dim: int, grid_size: int, num_heads: int = 4) -> nn.Module:
-    """The TSPP network called ``name`` (one of ``TSPP_HEADS``; config key MODEL.SAM_MI.TSPP.HEAD)."""
-    if name == "paper":
-        return PaperTSPPHead(hidden_dim=hidden_dim, grid_size=grid_size, num_heads=num_heads)
-    if name == "pooled_conv":
-        return TSPPHead(hidden_dim=hidden_dim, grid_size=grid_size, num_heads=num_heads)
-    raise ValueError(f"MODEL.SAM_MI.TSPP.HEAD must be one of {TSPP_HEADS}, got {name!r}")
