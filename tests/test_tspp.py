@@ -1,5 +1,9 @@
 """TSPP (Sec. 3.2): Eq. 2-5 targets, grid sampling and the head, against loop / scipy references."""
+import hashlib
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -7,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 from segment_anything.utils.amg import build_point_grid
+
+from conftest import REPO
 
 from sam_mi.modeling.tspp import (
     TSPPHead,
@@ -19,6 +25,9 @@ from sam_mi.modeling.tspp import (
     tspp_prob_targets,
     tspp_targets,
 )
+from sam_mi.modeling.tspp_heads import PaperTSPPHead
+
+HEADS = [PaperTSPPHead, TSPPHead]
 
 
 # ----------------------------------------------------------------------------- references (loops)
@@ -232,11 +241,91 @@ def test_random_points():
         random_points(4, 17)
 
 
+class _FakeCudaGenerator:
+    """Stands in for a CUDA generator on a CPU-only machine: reports device "cuda", draws from a CPU one."""
+
+    def __init__(self, seed: int):
+        self.device = torch.device("cuda")
+        self.inner = torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture
+def cuda_generator_rule(monkeypatch):
+    """Install torch's CUDA rule on the CPU: a tensor drawn with a generator must be created on the
+    generator's device (torch raises "Expected a 'cuda' device type for generator" otherwise)."""
+    real_rand, real_randperm = torch.rand, torch.randperm
+    calls = []
+
+    def checked(real):
+        def draw(*args, generator=None, device=None, **kwargs):
+            if generator is not None:
+                where = torch.device(device) if device is not None else torch.device("cpu")
+                calls.append((generator.device.type, where.type))
+                if where.type != generator.device.type:
+                    raise RuntimeError(f"Expected a '{where.type}' device type for generator but found "
+                                       f"'{generator.device.type}'")
+                if isinstance(generator, _FakeCudaGenerator):
+                    return real(*args, generator=generator.inner, **kwargs)  # pretend: values "on cuda"
+            return real(*args, generator=generator, device=device, **kwargs)
+
+        return draw
+
+    monkeypatch.setattr(torch, "rand", checked(real_rand))
+    monkeypatch.setattr(torch, "randperm", checked(real_randperm))
+    return calls
+
+
+def test_samplers_draw_on_the_generators_device(cuda_generator_rule):
+    prob = torch.full((6, 6), 0.5)
+    pts = sample_points(prob, generator=_FakeCudaGenerator(0))
+    assert pts.device == prob.device and pts.shape[1] == 2
+    pts = random_points(6, 10, generator=_FakeCudaGenerator(0))
+    assert pts.shape == (10, 2) and pts.device.type == "cpu"
+    # CPU generators obey the same rule, and a CUDA-side generator gives the CPU stream's values
+    assert torch.equal(sample_points(prob, torch.Generator().manual_seed(1)),
+                       sample_points(prob, _FakeCudaGenerator(1)))
+    assert cuda_generator_rule and all(g == d for g, d in cuda_generator_rule)
+    # the rule fixture does catch the bug it is for: randperm with a CUDA generator and no device=
+    with pytest.raises(RuntimeError, match="device type for generator"):
+        torch.randperm(36, generator=_FakeCudaGenerator(0))
+
+
+def test_image_seeds_are_stable_and_order_free():
+    from sam_mi.modeling.seeding import image_key, image_seed, sampling_generator
+
+    key = image_key({"file_name": "/data/ADEChallengeData2016/images/validation/ADE_val_00000001.jpg"})
+    assert key == "ADE_val_00000001.jpg" == image_key({"file_name": "other_root/ADE_val_00000001.jpg"})
+    digest = hashlib.sha256(b"7\0ADE_val_00000001.jpg").digest()
+    assert image_seed(7, key) == int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    assert image_seed(7, key) != image_seed(8, key) != image_seed(8, "ADE_val_00000002.jpg")
+    # another interpreter (string hashing salted differently) derives the same seed
+    code = "from sam_mi.modeling.seeding import image_seed; print(image_seed(7, 'ADE_val_00000001.jpg'))"
+    env = dict(os.environ, PYTHONHASHSEED="random", PYTHONPATH=REPO)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert int(out.stdout.strip()) == image_seed(7, key)
+    # without a file name: a content hash
+    img = torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    assert image_key({"image": img}) == image_key({"image": img.clone()}) != image_key({"image": img.flip(-1)})
+    with pytest.raises(ValueError, match="file_name"):
+        image_key({})
+    # per-image streams: an image's points do not depend on which images a process saw before it
+    probs = {f"img_{i}.png": torch.rand(8, 8, generator=torch.Generator().manual_seed(i)) for i in range(6)}
+
+    def evaluate(names):
+        return {n: sample_points(probs[n], sampling_generator(image_seed(0, n))) for n in names}
+
+    one_process = evaluate(list(probs))
+    shards = evaluate(list(probs)[0::2]) | evaluate(list(probs)[1::2][::-1])
+    assert all(torch.equal(one_process[n], shards[n]) for n in probs)
+    assert not torch.equal(one_process["img_0.png"], one_process["img_1.png"])
+
+
 # ----------------------------------------------------------------------------- head and losses
-@pytest.mark.parametrize("t", [3, 300])
-def test_head_shapes_nonnegative_and_gradients(t):
+@pytest.mark.parametrize("head_cls", HEADS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("t", [1, 3, 300])
+def test_head_shapes_nonnegative_and_gradients(t, head_cls):
     torch.manual_seed(0)
-    head = TSPPHead(hidden_dim=16, grid_size=12, num_heads=4)
+    head = head_cls(hidden_dim=16, grid_size=12, num_heads=4)
     cost = torch.rand(2, t, 6, 5) * 2 - 1
     prob, logits = head(cost)
     assert prob.shape == (2, 12, 12) and logits.shape == (2, t, 6, 5)
@@ -246,12 +335,16 @@ def test_head_shapes_nonnegative_and_gradients(t):
     losses = tspp_losses(prob, logits, sem, torch.rand(2, 12, 12), lambda_mse=0.5)
     sum(losses.values()).backward()
     for name, p in head.named_parameters():
+        if t == 1 and name.startswith(("mask_proj", "mask_head")):
+            continue  # one class: the cross-entropy is constant, M^text is trivially that class
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-def test_head_is_class_order_equivariant():
+@pytest.mark.parametrize("head_cls", HEADS, ids=lambda c: c.__name__)
+def test_head_is_class_order_equivariant(head_cls):
+    """Mask logits follow a permutation of the classes; the probability map does not change."""
     torch.manual_seed(0)
-    head = TSPPHead(hidden_dim=8, grid_size=8, num_heads=2)
+    head = head_cls(hidden_dim=8, grid_size=8, num_heads=2)
     cost = torch.randn(1, 5, 4, 4)
     perm = torch.tensor([3, 0, 4, 1, 2])
     p1, l1 = head(cost)
@@ -277,3 +370,60 @@ def test_losses_match_manual():
     assert all_ignored.item() == 0.0
     with pytest.raises(ValueError, match="classes"):
         tspp_losses(prob, logits, torch.full_like(sem, 3), tgt, 0.3)
+
+
+def test_paper_head_structure():
+    """Fig. 3c: MLP + attention block -> S_en -> two linear projection heads; G x G from h x w by resizing."""
+    head = PaperTSPPHead(hidden_dim=32, grid_size=32)
+    assert isinstance(head.mask_proj, torch.nn.Linear) and isinstance(head.prob_proj, torch.nn.Linear)
+    assert head.mask_proj.out_features == head.prob_proj.out_features == 1
+    prob, logits = head(torch.rand(2, 7, 24, 24) * 2 - 1)
+    assert prob.shape == (2, 32, 32) and logits.shape == (2, 7, 24, 24)
+    # L_mse reaches the probability head and S_en, not the mask projection (detached class weights)
+    F.mse_loss(prob, torch.rand_like(prob)).backward()
+    assert head.mask_proj.weight.grad is None and head.prob_proj.weight.grad.abs().sum() > 0
+    assert head.embed[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="T >= 1"):
+        head(torch.rand(1, 0, 4, 4))
+
+
+@pytest.fixture
+def paper_head_registered():
+    """The one registration prompter.py needs (``TSPP_HEAD_REGISTRY.register(PaperTSPPHead)``), undone after."""
+    from sam_mi.modeling.prompter import TSPP_HEAD_REGISTRY
+
+    added = "PaperTSPPHead" not in TSPP_HEAD_REGISTRY
+    if added:
+        TSPP_HEAD_REGISTRY.register(PaperTSPPHead)
+    yield "PaperTSPPHead"
+    if added:
+        TSPP_HEAD_REGISTRY._obj_map.pop("PaperTSPPHead")
+
+
+def test_paper_head_drives_the_tiny_model(synthetic_root, paper_head_registered):
+    """Chosen by MODEL.SAM_MI.TSPP.HEAD_NAME, the paper head honours the prompter's contract inside SAMMI:
+    stage-1 and stage-2 losses, gradients to both projection heads, points for SAM at test time."""
+    from detectron2.modeling import build_model
+
+    from conftest import tiny_cfg
+
+    g = torch.Generator().manual_seed(0)
+    batch = [{"image": torch.randint(0, 256, (3, 128, 128), dtype=torch.uint8, generator=g),
+              "sem_seg": torch.randint(0, 5, (128, 128), generator=g)}]
+    opts = ["MODEL.SAM_MI.TSPP.HEAD_NAME", paper_head_registered]
+    torch.manual_seed(0)
+    stage1 = build_model(tiny_cfg("configs/tiny/sam_mi_tiny_stage1.yaml", opts=opts)).train()
+    assert isinstance(stage1.prompter.head, PaperTSPPHead)
+    assert {n for n, p in stage1.named_parameters() if p.requires_grad} == {
+        "prompter.head." + n for n, _ in stage1.prompter.head.named_parameters()}
+    assert set(stage1(batch)) == {"loss_tspp_ce", "loss_tspp_mse"}
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(opts=opts)).train()
+    losses = model(batch)
+    assert {"loss_tspp_ce", "loss_tspp_mse", "loss_sem_seg"} <= set(losses)
+    sum(losses.values()).backward()
+    head = model.prompter.head
+    assert head.prob_proj.weight.grad.abs().sum() > 0 and head.mask_proj.weight.grad.abs().sum() > 0
+    model.eval()
+    out = model([{"image": batch[0]["image"], "height": 128, "width": 128}])[0]
+    assert out["sem_seg"].shape[-2:] == (128, 128) and out["sam_mi"]["num_points"] > 0

@@ -11,7 +11,7 @@ Three parts:
 Point convention: (x, y) normalised to [0, 1] at grid-cell centres, x first, row-major order, exactly as
 ``segment_anything.utils.amg.build_point_grid``.
 """
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -165,19 +165,33 @@ def tspp_prob_targets(
     )
 
 
-def grid_points(grid_size: int) -> Tensor:
+def grid_points(grid_size: int, device: Union[str, torch.device] = "cpu") -> Tensor:
     """All G^2 grid points as (x, y) in [0, 1], row-major, identical to SAM's build_point_grid: [G*G, 2]."""
-    centres = (torch.arange(grid_size, dtype=torch.float32) + 0.5) / grid_size
+    centres = (torch.arange(grid_size, dtype=torch.float32, device=device) + 0.5) / grid_size
     ys, xs = torch.meshgrid(centres, centres, indexing="ij")
     return torch.stack([xs, ys], dim=-1).reshape(-1, 2)
 
 
-def random_points(grid_size: int, num: int, generator: Optional[torch.Generator] = None) -> Tensor:
-    """``num`` distinct grid points drawn uniformly (Table 5 "random sampling"), kept in grid order: [num, 2]."""
+def _draw_device(generator: Optional[torch.Generator], device: Union[str, torch.device]) -> torch.device:
+    """The one rule for every random draw of the samplers below: draw on the generator's own device (a
+    CUDA generator cannot fill a CPU tensor, nor a CPU generator a CUDA one: torch raises), then move the
+    result to where it is used. Without a generator, draw on ``device`` from its default generator."""
+    return generator.device if generator is not None else torch.device(device)
+
+
+def random_points(
+    grid_size: int,
+    num: int,
+    generator: Optional[torch.Generator] = None,
+    device: Union[str, torch.device] = "cpu",
+) -> Tensor:
+    """``num`` distinct grid points drawn uniformly (Table 5 "random sampling"), in grid order: [num, 2] on
+    ``device`` (drawn on the generator's device, see :func:`_draw_device`)."""
     if not 0 <= num <= grid_size * grid_size:
         raise ValueError(f"num must be in [0, {grid_size * grid_size}] for a {grid_size}x{grid_size} grid, got {num}")
-    idx = torch.randperm(grid_size * grid_size, generator=generator)[:num].sort().values
-    return grid_points(grid_size)[idx]
+    perm = torch.randperm(grid_size * grid_size, generator=generator, device=_draw_device(generator, device))
+    idx = perm[:num].to(device).sort().values
+    return grid_points(grid_size, device)[idx]
 
 
 def sample_points(prob: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -187,15 +201,16 @@ def sample_points(prob: Tensor, generator: Optional[torch.Generator] = None) -> 
     E[N_p] = sum clamp(p, 0, 1). Points are returned in grid order as (x, y) cell centres in [0, 1].
 
     Args:
-        prob: Tensor[G, G] (any d_h x d_w works). generator: optional torch.Generator (any device).
+        prob: Tensor[G, G] (any d_h x d_w works).
+        generator: optional torch.Generator on any device: the uniforms are drawn on its device (see
+            :func:`_draw_device`); a per-image one comes from ``seeding.sampling_generator``.
     Returns:
         Tensor[N_p, 2] on prob's device.
     """
     if prob.dim() != 2:
         raise ValueError(f"prob must be one map [G, G], got {tuple(prob.shape)}")
     d_h, d_w = prob.shape
-    device = generator.device if generator is not None else prob.device
-    u = torch.rand(prob.shape, generator=generator, device=device).to(prob.device)
+    u = torch.rand(prob.shape, generator=generator, device=_draw_device(generator, prob.device)).to(prob.device)
     keep = u < prob.detach().float().clamp(0.0, 1.0)
     i, j = keep.nonzero(as_tuple=True)
     return torch.stack([(j.float() + 0.5) / d_w, (i.float() + 0.5) / d_h], dim=-1)
