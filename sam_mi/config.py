@@ -76,7 +76,9 @@ def add_sam_mi_config(cfg: CN) -> None:
     # the prompter stage (PROMPTER_REGISTRY, sam_mi/modeling/prompter.py) and its TSPP network
     # (TSPP_HEAD_REGISTRY); ENABLED False keeps the prompter for grid/random prompts but drops the network.
     s.TSPP.NAME = "TSPPPrompter"
-    s.TSPP.HEAD_NAME = "TSPPHead"
+    # "PaperTSPPHead" (Fig. 3c: MLP + attention block + two linear projection heads) or "TSPPHead" (our
+    # earlier head with a convolutional probability branch; checkpoints trained with it need this value)
+    s.TSPP.HEAD_NAME = "PaperTSPPHead"
     # "learned" (TSPP probabilities), "grid" (all GRID_SIZE^2 points, Table 5 "uniform grid"),
     # "random" (RANDOM_POINTS points drawn uniformly from the grid, Table 5 "random sampling").
     s.TSPP.SAMPLING = "learned"
@@ -140,6 +142,9 @@ def add_sam_mi_config(cfg: CN) -> None:
     s.INFERENCE = CN()
     # The OVSS protocol (CAT-Seg eval.sh): sliding window on a 640x640 resize, 4 crops + 1 global view.
     s.INFERENCE.SLIDING_WINDOW = False
+    # whole-image inference pads the image to a multiple of this before resizing it for CLIP, as CAT-Seg does
+    # with MODEL.MASK_FORMER.SIZE_DIVISIBILITY (cvlab-kaist/CAT-Seg cat_seg/cat_seg_model.py)
+    s.INFERENCE.SIZE_DIVISIBILITY = 32
     s.INFERENCE.WINDOW_SIZE = 384
     s.INFERENCE.WINDOW_OVERLAP = 0.333
     s.INFERENCE.OUT_RESOLUTION = 640

@@ -234,3 +234,22 @@ def test_model_forward_sliding_window_matches_catseg(synthetic_root):
         ref = catseg_sliding_window(core, image.float(), model.clip.resolution, 120, 150, kernel=s.WINDOW_SIZE,
                                     overlap=s.WINDOW_OVERLAP, out_res=(s.OUT_RESOLUTION, s.OUT_RESOLUTION))
     assert_same(out, ref)
+
+
+def test_model_forward_whole_image_matches_catseg(synthetic_root):
+    """Through SAMMI.forward (SAM parts off): whole-image inference gives CATSeg.forward's test-time scores
+    (normalise, zero-pad to 32, resize to CLIP's resolution, sigmoid, sem_seg_postprocess)."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg("configs/tiny/sam_mi_tiny_baseline.yaml", opts=["MODEL.SAM_MI.INFERENCE.SLIDING_WINDOW", False])
+    model = build_model(cfg).eval()
+    image = random_image(100, 140, seed=6).round().to(torch.uint8)
+    out = model([{"image": image, "height": 120, "width": 150}])[0]["sem_seg"]
+    names = model.test_class_names
+
+    def core(x):
+        with identity_normalisation(model.clip):
+            return model.predict(x, names)["logits"]
+
+    with torch.no_grad():
+        ref = catseg_whole_image(core, image.float(), model.clip.resolution, 32, 120, 150)
+    assert_same(out, ref)

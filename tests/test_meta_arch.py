@@ -59,9 +59,13 @@ def test_no_masks_falls_back_to_uninjected_path(synthetic_root):
 
 
 def test_training_losses_and_gradients(synthetic_root):
+    """Every trained stage gets gradients. The masks are the label map's regions (oracle masks): a random tiny
+    SAM's masks are speckles that vanish at the 1/16 grid of the low-frequency injection."""
     torch.manual_seed(0)
-    model = build_model(tiny_cfg()).train()
-    sem_seg = torch.randint(0, len(model.train_class_names), (128, 128))
+    model = build_model(tiny_cfg(opts=["MODEL.SAM_MI.SAM.ORACLE_MASKS", True])).train()
+    sem_seg = torch.zeros(128, 128, dtype=torch.long)
+    sem_seg[64:, :] = 1
+    sem_seg[:, 80:] = 2
     sem_seg[:10] = 255
     batch = [{"image": random_image(128, 128, s), "sem_seg": sem_seg} for s in range(2)]
     losses = model(batch)
@@ -159,3 +163,24 @@ def test_checkpoints_of_the_pre_stage_layout_load(stage2_model, tmp_path):
     assert result.missing_keys == [] and result.unexpected_keys == []
     for key, value in stage2_model.state_dict().items():
         assert torch.equal(other.state_dict()[key], value), key
+
+
+def test_oracle_masks_are_the_label_regions(synthetic_root):
+    """MODEL.SAM_MI.SAM.ORACLE_MASKS: one mask per connected region of the labels, in the frame of the image
+    (whole-image inference pads the labels like the image)."""
+    from sam_mi.modeling.mask_proposals import region_masks
+
+    labels = torch.zeros(40, 60, dtype=torch.long)
+    labels[:, 30:] = 1
+    labels[4:14, 4:14] = 1  # a second region of class 1, inside class 0's
+    labels[30:, :] = 255
+    masks = region_masks(labels, (20, 30))
+    assert masks.shape == (3, 20, 30)
+    assert sorted(int(m.sum()) for m in masks) == [5 * 5, 15 * 15 - 5 * 5, 15 * 15]  # in cells of 2x2 pixels
+    model = build_model(tiny_cfg(opts=["MODEL.SAM_MI.SAM.ORACLE_MASKS", True])).eval()
+    x = {"image": random_image(100, 120, seed=5), "sem_seg": torch.zeros(100, 120, dtype=torch.long)}
+    x["sem_seg"][:, 60:] = 3
+    out = model([x])[0]["sam_mi"]
+    assert out["num_sam_masks"] == 2 and out["num_points"] == 0
+    with pytest.raises(ValueError, match="ground truth"):
+        model([{"image": random_image(100, 120, seed=5)}])

@@ -116,17 +116,31 @@ def test_eval_only_command_line(synthetic_root, tmp_path):
     assert os.path.exists(tmp_path / "inference" / "synthetic_stuff_val_sem_seg" / "sem_seg_evaluation.pth")
 
 
-def test_two_process_training_with_launch(synthetic_root, tmp_path):
-    """`--num-gpus 2` through detectron2's launch (gloo on the CPU): DDP must accept DMI parameters that get no
-    gradient on a batch without SAM masks (find_unused_parameters) and CPU modules (no device_ids)."""
+def _train_with_launch(num_gpus: int, out, synthetic_root) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=REPO, DETECTRON2_DATASETS=synthetic_root)
-    proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools/train_net.py"), "--num-gpus", "2", "--config-file",
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools/train_net.py"), "--num-gpus", str(num_gpus), "--config-file",
          os.path.join(REPO, "configs/tiny/sam_mi_tiny_stage2.yaml"), "MODEL.WEIGHTS", "", "SOLVER.MAX_ITER", "4",
-         "SOLVER.IMS_PER_BATCH", "2", "OUTPUT_DIR", str(tmp_path),
+         "SOLVER.IMS_PER_BATCH", "2", "OUTPUT_DIR", str(out), "DATASETS.TEST", "()",
          "MODEL.SAM_MI.SAM.PRED_IOU_THRESH", "1e9"],  # no SAM mask: DMI gets no gradient at all
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "model_final.pth").exists()
-    assert "copypaste: mIoU" in proc.stdout + proc.stderr
+
+
+def test_two_process_training_equals_one_process(synthetic_root, tmp_path):
+    """`--num-gpus 2` through detectron2's launch (gloo on the CPU): DDP must accept DMI parameters that get no
+    gradient on a batch without SAM masks (find_unused_parameters) and CPU modules (no device_ids); and two
+    processes of batch 1 train the same model as one process of batch 2 (same samples and augmentations per
+    iteration: sam_mi/data/train_stream.py; gradients averaged by DDP)."""
+    one = _train_with_launch(1, tmp_path / "one", synthetic_root)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _train_with_launch(2, tmp_path / "two", synthetic_root)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = torch.load(tmp_path / "one" / "model_final.pth", weights_only=False)["model"]
+    b = torch.load(tmp_path / "two" / "model_final.pth", weights_only=False)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k
+    losses = [[json.loads(line)["total_loss"] for line in open(out / "metrics.json") if "total_loss" in line]
+              for out in (tmp_path / "one", tmp_path / "two")]
+    assert losses[0] and losses[0] == pytest.approx(losses[1], rel=1e-4)

@@ -389,15 +389,11 @@ def test_paper_head_structure():
 
 @pytest.fixture
 def paper_head_registered():
-    """The one registration prompter.py needs (``TSPP_HEAD_REGISTRY.register(PaperTSPPHead)``), undone after."""
+    """The paper's head, registered by prompter.py."""
     from sam_mi.modeling.prompter import TSPP_HEAD_REGISTRY
 
-    added = "PaperTSPPHead" not in TSPP_HEAD_REGISTRY
-    if added:
-        TSPP_HEAD_REGISTRY.register(PaperTSPPHead)
+    assert TSPP_HEAD_REGISTRY.get("PaperTSPPHead") is PaperTSPPHead
     yield "PaperTSPPHead"
-    if added:
-        TSPP_HEAD_REGISTRY._obj_map.pop("PaperTSPPHead")
 
 
 def test_paper_head_drives_the_tiny_model(synthetic_root, paper_head_registered):

@@ -3,9 +3,9 @@ that a run resumed from a checkpoint sees exactly the batches and augmentations 
 whatever the number of data-loader workers.
 
 Indices follow detectron2's ``TrainingSampler`` (one generator seeded once, a new permutation per epoch;
-rank r of W takes every W-th index). Sample number p of a rank is mapped with Python's, NumPy's and torch's
-generators seeded from (seed, rank, p), so its augmentation does not depend on which worker maps it or on
-what was mapped before. Batches are consecutive samples (no aspect-ratio grouping: SAM-MI trains on fixed-size
+rank r of W takes every W-th index). Sample number p of rank r is the stream's sample g = p W + r, mapped with
+Python's, NumPy's and torch's generators seeded from (seed, g), so its augmentation depends neither on the
+worker that maps it, nor on what was mapped before, nor on how many processes share the batch. Batches are consecutive samples (no aspect-ratio grouping: SAM-MI trains on fixed-size
 crops, so grouping by the original image's aspect would only reorder the stream).
 """
 import hashlib
@@ -18,9 +18,9 @@ import torch.utils.data as torchdata
 from ..utils.rng import preserved_rng, seed_all
 
 
-def sample_seed(seed: int, rank: int, position: int) -> int:
-    """A 63-bit seed for sample ``position`` of ``rank`` (SHA-256: stable across processes and runs)."""
-    digest = hashlib.sha256(f"{seed}:{rank}:{position}".encode()).digest()
+def sample_seed(seed: int, position: int) -> int:
+    """A 63-bit seed for the stream's sample ``position`` (SHA-256: stable across processes and runs)."""
+    digest = hashlib.sha256(f"{seed}:{position}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
 
@@ -67,7 +67,7 @@ class ResumableTrainingStream(torchdata.IterableDataset):
             yield item
 
     def _map(self, index: int, position: int) -> Dict:
-        seed_all(sample_seed(self.seed, self.rank, position))
+        seed_all(sample_seed(self.seed, position * self.world_size + self.rank))
         return self.mapper(self.records[index])
 
 

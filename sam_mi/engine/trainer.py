@@ -46,7 +46,9 @@ class Trainer(DefaultTrainer):
         """detectron2's hooks, with the random states gathered right before each checkpoint."""
         hook_list = super().build_hooks()
         rng = RNGStateHook(self.cfg.SOLVER.CHECKPOINT_PERIOD, self.cfg.SOLVER.MAX_ITER)
-        at = next(i for i, h in enumerate(hook_list) if isinstance(h, hooks.PeriodicCheckpointer))
+        # only the main process has a PeriodicCheckpointer; every rank gathers at the same place in its list
+        anchors = (hooks.PeriodicCheckpointer, hooks.EvalHook)
+        at = next((i for i, h in enumerate(hook_list) if isinstance(h, anchors)), len(hook_list))
         return hook_list[:at] + [rng] + hook_list[at:]
 
     def state_dict(self):

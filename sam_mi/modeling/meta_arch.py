@@ -11,6 +11,7 @@ import json
 from typing import Dict, List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import Tensor, nn
@@ -22,10 +23,11 @@ from .aggregator import cost_volume
 from .checkpoint_keys import register_checkpoint_hooks
 from .clip import DenseCLIP, build_dense_clip
 from .cost_head import build_cost_head
-from .inference import sliding_window_inference, whole_image_scores
+from .inference import sliding_window_inference, whole_image_inference
 from .losses import per_class_bce
 from .mask_proposals import MaskProposals, aggregate_masks, propose_masks, region_masks
 from .prompter import build_prompter
+from .seeding import image_key, image_seed, sampling_generator
 from .sam import build_mask_generator
 
 
@@ -56,6 +58,7 @@ class SAMMI(nn.Module):
         window_size: int = 384,
         window_overlap: float = 0.333,
         out_resolution: int = 640,
+        size_divisibility: int = 32,
         ignore_value: int = 255,
         inference_seed: int = 0,
         inference_amp: bool = False,
@@ -69,8 +72,10 @@ class SAMMI(nn.Module):
             mask_generator: frozen SAM or a variant (sam/registry.py); None switches SAM (and DMI) off.
             train_stage: 1 trains TSPP alone with L_tspp; 2 trains everything with L_ce + lambda_tspp L_tspp.
             alpha_sma: SMAgg's threshold (Eq. 7); None skips SMAgg ("w/o SMAgg", Table 3).
-            sliding_window: the OVSS evaluation protocol (4 crops + 1 global view of a 640x640 resize).
-            inference_seed: seed of the point sampling at test time, so evaluation is repeatable.
+            sliding_window: the OVSS evaluation protocol (4 crops + 1 global view of a 640x640 resize);
+                otherwise CAT-Seg's whole-image path, padding the image to a multiple of ``size_divisibility``.
+            inference_seed: base seed of the point sampling at test time; each image draws from its own stream
+                seeded by (inference_seed, its file name), so results repeat across runs and GPU counts.
             inference_amp: autocast inference (float16 on CUDA, bfloat16 on CPU).
             oracle_masks: a diagnostic: the ground truth's regions replace SAM's masks (then SMAgg and DMI
                 run as usual), showing the ceiling of mask injection on a dataset. Needs "sem_seg" in the
@@ -96,6 +101,7 @@ class SAMMI(nn.Module):
         self.alpha_sma = alpha_sma
         self.sliding_window = sliding_window
         self.window_size, self.window_overlap, self.out_resolution = window_size, window_overlap, out_resolution
+        self.size_divisibility = size_divisibility
         self.ignore_value = ignore_value
         self.inference_seed = inference_seed
         self.inference_amp = inference_amp
@@ -126,6 +132,7 @@ class SAMMI(nn.Module):
             "window_size": s.INFERENCE.WINDOW_SIZE,
             "window_overlap": s.INFERENCE.WINDOW_OVERLAP,
             "out_resolution": s.INFERENCE.OUT_RESOLUTION,
+            "size_divisibility": s.INFERENCE.SIZE_DIVISIBILITY,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "inference_seed": cfg.SEED if cfg.SEED >= 0 else 0,
             "inference_amp": s.INFERENCE.AMP,
@@ -178,13 +185,20 @@ class SAMMI(nn.Module):
         height, width = x.get("height", image.shape[-2]), x.get("width", image.shape[-1])
         stats: Dict[str, List[int]] = {"num_points": [], "num_sam_masks": [], "num_masks": []}
         targets = x["sem_seg"].to(self.device)[None] if self.oracle_masks and "sem_seg" in x else None
+        # Eq. 2's sampling at test time: one stream per image, the same in every run and on any number of GPUs
+        generator = sampling_generator(image_seed(self.inference_seed, image_key(x)))
         captured: List[Dict] = []
 
         def predict(views: Tensor) -> Tensor:
-            if targets is not None and views.shape[-2:] != targets.shape[-2:]:
-                raise ValueError("MODEL.SAM_MI.SAM.ORACLE_MASKS needs labels in the frame of each view: use "
-                                 "whole-image inference (MODEL.SAM_MI.INFERENCE.SLIDING_WINDOW False)")
-            out = self.predict(views, self.test_class_names, targets=targets, keep_intermediates=keep_intermediates)
+            labels = targets
+            if labels is not None and views.shape[-2:] != labels.shape[-2:]:
+                if self.sliding_window:
+                    raise ValueError("MODEL.SAM_MI.SAM.ORACLE_MASKS needs labels in the frame of each view: use "
+                                     "whole-image inference (MODEL.SAM_MI.INFERENCE.SLIDING_WINDOW False)")
+                pad = (0, views.shape[-1] - labels.shape[-1], 0, views.shape[-2] - labels.shape[-2])
+                labels = F.pad(labels, pad, value=self.ignore_value)  # the whole-image path's padding
+            out = self.predict(views, self.test_class_names, targets=labels, keep_intermediates=keep_intermediates,
+                               generator=generator)
             if keep_intermediates and not captured:
                 captured.append(out)
             if out["masks"] is not None:
@@ -197,7 +211,8 @@ class SAMMI(nn.Module):
                 predict, image, self.window_size, self.window_overlap, self.out_resolution, (height, width)
             )
         else:
-            scores = whole_image_scores(predict(image[None]), (height, width))
+            pad_value = self.clip.pixel_mean.view(3)  # zero after CLIP's normalisation, as CAT-Seg pads
+            scores = whole_image_inference(predict, image, self.size_divisibility, pad_value, (height, width))
         summary = {k: sum(v) for k, v in stats.items()}
         summary["injected"] = summary["num_masks"] > 0 and self.cost_head.injects
         result = {"sem_seg": scores, "sam_mi": summary}
@@ -206,8 +221,10 @@ class SAMMI(nn.Module):
         return result
 
     def predict(self, images: Tensor, class_names: Sequence[str], stage1: bool = False,
-                targets: Optional[Tensor] = None, keep_intermediates: bool = False) -> Dict:
-        """One forward pass over images [B,3,H,W] (0-255 RGB); ``targets`` [B,H,W] only for oracle masks.
+                targets: Optional[Tensor] = None, keep_intermediates: bool = False,
+                generator: Optional[torch.Generator] = None) -> Dict:
+        """One forward pass over images [B,3,H,W] (0-255 RGB); ``targets`` [B,H,W] only for oracle masks,
+        ``generator`` drives the point sampling (None: the global stream, as in training).
 
         Returns "logits" [B,T,4h,4w] (absent in stage 1), "tspp_prob" [B,G,G] and "tspp_logits" [B,T,h,w]
         (when TSPP is on) and "masks" (``MaskProposals`` or None).
@@ -226,13 +243,14 @@ class SAMMI(nn.Module):
             return out
         if self.mask_generator is not None:
             out["masks"] = self.propose_masks(images, out["tspp_prob"], class_logits, tuple(dense.shape[-2:]),
-                                              targets, keep_intermediates)
+                                              targets, keep_intermediates, generator)
         masks = out["masks"].masks if out["masks"] is not None else None
         out["logits"] = self.cost_head(dense, guidance, text, masks)
         return out
 
     def propose_masks(self, images: Tensor, prob: Optional[Tensor], class_logits: Tensor, grid: tuple,
-                      targets: Optional[Tensor] = None, keep_intermediates: bool = False) -> MaskProposals:
+                      targets: Optional[Tensor] = None, keep_intermediates: bool = False,
+                      generator: Optional[torch.Generator] = None) -> MaskProposals:
         """Prompts -> SAM -> SMAgg for a batch; masks at the decoder's resolution (4h x 4w)."""
         out_size = (4 * grid[0], 4 * grid[1])
         if self.oracle_masks:
@@ -243,7 +261,6 @@ class SAMMI(nn.Module):
                 regions = [region_masks(t, out_size, self.ignore_value) for t in targets]
             no_points = [images.new_zeros(0, 2) for _ in regions]
             return aggregate_masks(regions, no_points, class_logits, out_size, self.alpha_sma, keep_intermediates)
-        generator = None if self.training else self._inference_generator(images.device)
         return propose_masks(
             self.mask_generator,
             images,
@@ -261,10 +278,6 @@ class SAMMI(nn.Module):
         its gradient."""
         text_b = text.unsqueeze(0).expand(dense.shape[0], -1, -1, -1)
         return cost_volume(dense.detach(), text_b).mean(dim=2)
-
-    def _inference_generator(self, device: torch.device) -> torch.Generator:
-        # TSPP's sampling is random (Eq. 2); a fixed seed per image makes evaluation repeatable.
-        return torch.Generator(device=device).manual_seed(self.inference_seed)
 
 
 def check_image(image: Tensor) -> None:

@@ -13,12 +13,14 @@ from detectron2.utils.registry import Registry
 from torch import Tensor, nn
 
 from .tspp import TSPPHead, grid_points, random_points, sample_points, tspp_losses, tspp_prob_targets
+from .tspp_heads import PaperTSPPHead
 
 PROMPTER_REGISTRY = Registry("SAM_MI_PROMPTER")
 PROMPTER_REGISTRY.__doc__ = "Prompter stages: cost maps -> sampling probabilities, M^text and point prompts."
 TSPP_HEAD_REGISTRY = Registry("SAM_MI_TSPP_HEAD")
 TSPP_HEAD_REGISTRY.__doc__ = "TSPP networks: cost maps [B,T,h,w] -> (prob [B,G,G], mask logits [B,T,h,w])."
-TSPP_HEAD_REGISTRY.register(TSPPHead)
+TSPP_HEAD_REGISTRY.register(PaperTSPPHead)  # Fig. 3c: MLP + attention block, two linear heads (default)
+TSPP_HEAD_REGISTRY.register(TSPPHead)  # our earlier head: pooled class context + 3x3 conv probability branch
 
 #: Table 5's prompting strategies: TSPP's learned probabilities, the uniform grid, random grid points.
 SAMPLING_MODES = ("learned", "grid", "random")
