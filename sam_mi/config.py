@@ -148,5 +148,8 @@ def add_sam_mi_config(cfg: CN) -> None:
     s.INFERENCE.WINDOW_SIZE = 384
     s.INFERENCE.WINDOW_OVERLAP = 0.333
     s.INFERENCE.OUT_RESOLUTION = 640
+    # False (the paper, Sec. 4.1): SAM's image encoder runs once per image at its own size and every view's
+    # points are decoded on that embedding; True: SAM runs on each view like CLIP (for comparison)
+    s.INFERENCE.SAM_PER_VIEW = False
     # autocast at test time: float16 on CUDA, bfloat16 on CPU (scores are merged in float32).
     s.INFERENCE.AMP = False

@@ -135,3 +135,47 @@ def region_masks(sem_seg: Tensor, out_size: Tuple[int, int], ignore_value: int =
         chunks.append(F.interpolate(onehot[None], size=out_size, mode="area")[0] >= 0.5)
     masks = torch.cat(chunks)
     return masks[masks.flatten(1).any(dim=1)]
+
+
+@torch.no_grad()
+def propose_masks_in_views(
+    mask_generator: nn.Module,
+    image: Tensor,
+    boxes: Tensor,
+    points: Callable[[int], Tensor],
+    class_logits: Tensor,
+    out_size: Tuple[int, int],
+    alpha_sma: Optional[float],
+    keep_intermediates: bool = False,
+) -> MaskProposals:
+    """SAM as the paper runs it in sliding-window evaluation (Sec. 4.1: "384x384 for CLIP and 1024x1024 for
+    SAM"): the image encoder runs once on the whole image, each view's points are decoded on that embedding,
+    and the masks are brought into each view's frame.
+
+    Args:
+        image: float [3, H, W] 0-255, the original image. boxes: [V, 4] (x0, y0, x1, y1) of each view in the
+            image's pixels (inference.sliding_window_boxes). points: view index -> prompts [N_p, 2] (x, y) in
+            [0, 1] of that view. class_logits: [V, T, h, w] per view (M^text for SMAgg).
+        out_size: (h_o, w_o) of the masks in each view's frame.
+    Masks are decoded at the image resolution where a view spans ``out_size`` cells, then cropped to the view
+    (exact integer offsets for the protocol's 640 / 384 / 0.333 and the tiny configs); masks that leave the
+    view empty are dropped.
+    """
+    with stage("sam_encoder"):
+        embedding = mask_generator.encode(image[None])[0]
+    h, w = int(image.shape[-2]), int(image.shape[-1])
+    h_o, w_o = out_size
+    sam_masks, all_points = [], []
+    for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):  # per view: each has its own points
+        with stage("sam_decoding"):
+            pts = points(i)
+            in_image = torch.stack([(x0 + pts[:, 0] * (x1 - x0)) / w, (y0 + pts[:, 1] * (y1 - y0)) / h], dim=1)
+            full = (max(h_o, round(h_o * h / (y1 - y0))), max(w_o, round(w_o * w / (x1 - x0))))
+            masks, _ = mask_generator.generate(embedding, in_image, (h, w), full)
+            r0 = min(max(0, round(y0 * full[0] / h)), full[0] - h_o)
+            c0 = min(max(0, round(x0 * full[1] / w)), full[1] - w_o)
+            masks = masks[:, r0 : r0 + h_o, c0 : c0 + w_o]
+            masks = masks[masks.flatten(1).any(dim=1)]
+        all_points.append(pts)
+        sam_masks.append(masks)
+    return aggregate_masks(sam_masks, all_points, class_logits, out_size, alpha_sma, keep_intermediates)

@@ -23,9 +23,9 @@ from .aggregator import cost_volume
 from .checkpoint_keys import register_checkpoint_hooks
 from .clip import DenseCLIP, build_dense_clip
 from .cost_head import build_cost_head
-from .inference import sliding_window_inference, whole_image_inference
+from .inference import sliding_window_boxes, sliding_window_inference, whole_image_inference
 from .losses import per_class_bce
-from .mask_proposals import MaskProposals, aggregate_masks, propose_masks, region_masks
+from .mask_proposals import MaskProposals, aggregate_masks, propose_masks, propose_masks_in_views, region_masks
 from .prompter import build_prompter
 from .seeding import image_key, image_seed, sampling_generator
 from .sam import build_mask_generator
@@ -59,6 +59,7 @@ class SAMMI(nn.Module):
         window_overlap: float = 0.333,
         out_resolution: int = 640,
         size_divisibility: int = 32,
+        sam_per_view: bool = False,
         ignore_value: int = 255,
         inference_seed: int = 0,
         inference_amp: bool = False,
@@ -74,6 +75,8 @@ class SAMMI(nn.Module):
             alpha_sma: SMAgg's threshold (Eq. 7); None skips SMAgg ("w/o SMAgg", Table 3).
             sliding_window: the OVSS evaluation protocol (4 crops + 1 global view of a 640x640 resize);
                 otherwise CAT-Seg's whole-image path, padding the image to a multiple of ``size_divisibility``.
+            sam_per_view: in the sliding window, run SAM's image encoder on every view like CLIP instead of once
+                on the whole image (the paper's "1024x1024 for SAM", Sec. 4.1); for comparison.
             inference_seed: base seed of the point sampling at test time; each image draws from its own stream
                 seeded by (inference_seed, its file name), so results repeat across runs and GPU counts.
             inference_amp: autocast inference (float16 on CUDA, bfloat16 on CPU).
@@ -102,6 +105,7 @@ class SAMMI(nn.Module):
         self.sliding_window = sliding_window
         self.window_size, self.window_overlap, self.out_resolution = window_size, window_overlap, out_resolution
         self.size_divisibility = size_divisibility
+        self.sam_per_view = sam_per_view
         self.ignore_value = ignore_value
         self.inference_seed = inference_seed
         self.inference_amp = inference_amp
@@ -133,6 +137,7 @@ class SAMMI(nn.Module):
             "window_overlap": s.INFERENCE.WINDOW_OVERLAP,
             "out_resolution": s.INFERENCE.OUT_RESOLUTION,
             "size_divisibility": s.INFERENCE.SIZE_DIVISIBILITY,
+            "sam_per_view": s.INFERENCE.SAM_PER_VIEW,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "inference_seed": cfg.SEED if cfg.SEED >= 0 else 0,
             "inference_amp": s.INFERENCE.AMP,
@@ -187,6 +192,11 @@ class SAMMI(nn.Module):
         targets = x["sem_seg"].to(self.device)[None] if self.oracle_masks and "sem_seg" in x else None
         # Eq. 2's sampling at test time: one stream per image, the same in every run and on any number of GPUs
         generator = sampling_generator(image_seed(self.inference_seed, image_key(x)))
+        frames = None  # SAM once per image: the views' boxes in the image
+        if self.sliding_window and not self.sam_per_view and self.mask_generator is not None:
+            boxes = sliding_window_boxes(tuple(image.shape[-2:]), self.window_size, self.window_overlap,
+                                         self.out_resolution)
+            frames = (image, boxes)
         captured: List[Dict] = []
 
         def predict(views: Tensor) -> Tensor:
@@ -198,7 +208,7 @@ class SAMMI(nn.Module):
                 pad = (0, views.shape[-1] - labels.shape[-1], 0, views.shape[-2] - labels.shape[-2])
                 labels = F.pad(labels, pad, value=self.ignore_value)  # the whole-image path's padding
             out = self.predict(views, self.test_class_names, targets=labels, keep_intermediates=keep_intermediates,
-                               generator=generator)
+                               generator=generator, frames=frames)
             if keep_intermediates and not captured:
                 captured.append(out)
             if out["masks"] is not None:
@@ -222,9 +232,10 @@ class SAMMI(nn.Module):
 
     def predict(self, images: Tensor, class_names: Sequence[str], stage1: bool = False,
                 targets: Optional[Tensor] = None, keep_intermediates: bool = False,
-                generator: Optional[torch.Generator] = None) -> Dict:
+                generator: Optional[torch.Generator] = None, frames: Optional[tuple] = None) -> Dict:
         """One forward pass over images [B,3,H,W] (0-255 RGB); ``targets`` [B,H,W] only for oracle masks,
-        ``generator`` drives the point sampling (None: the global stream, as in training).
+        ``generator`` drives the point sampling (None: the global stream, as in training); ``frames`` =
+        (original image [3,H,W], boxes [B,4]) when ``images`` are views of one image that SAM sees whole.
 
         Returns "logits" [B,T,4h,4w] (absent in stage 1), "tspp_prob" [B,G,G] and "tspp_logits" [B,T,h,w]
         (when TSPP is on) and "masks" (``MaskProposals`` or None).
@@ -243,14 +254,14 @@ class SAMMI(nn.Module):
             return out
         if self.mask_generator is not None:
             out["masks"] = self.propose_masks(images, out["tspp_prob"], class_logits, tuple(dense.shape[-2:]),
-                                              targets, keep_intermediates, generator)
+                                              targets, keep_intermediates, generator, frames)
         masks = out["masks"].masks if out["masks"] is not None else None
         out["logits"] = self.cost_head(dense, guidance, text, masks)
         return out
 
     def propose_masks(self, images: Tensor, prob: Optional[Tensor], class_logits: Tensor, grid: tuple,
                       targets: Optional[Tensor] = None, keep_intermediates: bool = False,
-                      generator: Optional[torch.Generator] = None) -> MaskProposals:
+                      generator: Optional[torch.Generator] = None, frames: Optional[tuple] = None) -> MaskProposals:
         """Prompts -> SAM -> SMAgg for a batch; masks at the decoder's resolution (4h x 4w)."""
         out_size = (4 * grid[0], 4 * grid[1])
         if self.oracle_masks:
@@ -261,10 +272,14 @@ class SAMMI(nn.Module):
                 regions = [region_masks(t, out_size, self.ignore_value) for t in targets]
             no_points = [images.new_zeros(0, 2) for _ in regions]
             return aggregate_masks(regions, no_points, class_logits, out_size, self.alpha_sma, keep_intermediates)
+        sample = lambda i: self.prompter.sample(None if prob is None else prob[i], images.device, generator)  # noqa
+        if frames is not None:
+            return propose_masks_in_views(self.mask_generator, frames[0], frames[1], sample, class_logits, out_size,
+                                          self.alpha_sma, keep_intermediates)
         return propose_masks(
             self.mask_generator,
             images,
-            lambda i: self.prompter.sample(None if prob is None else prob[i], images.device, generator),
+            sample,
             class_logits,
             out_size=out_size,
             alpha_sma=self.alpha_sma,
