@@ -24,6 +24,8 @@ def add_sam_mi_config(cfg: CN) -> None:
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
     # power of fvcore's PolynomialDecayParamScheduler when LR_SCHEDULER_NAME == "WarmupPolyLR".
     cfg.SOLVER.POLY_LR_POWER = 0.9
+    # iterations between two writes of the metrics (console, metrics.json); detectron2's default is 20.
+    cfg.SOLVER.LOG_PERIOD = 20
 
     s = cfg.MODEL.SAM_MI = CN()
     # 1: train TSPP alone with L_tspp, everything else frozen; 2: train the whole model with

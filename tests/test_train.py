@@ -121,7 +121,7 @@ def _train_with_launch(num_gpus: int, out, synthetic_root) -> subprocess.Complet
     return subprocess.run(
         [sys.executable, os.path.join(REPO, "tools/train_net.py"), "--num-gpus", str(num_gpus), "--config-file",
          os.path.join(REPO, "configs/tiny/sam_mi_tiny_stage2.yaml"), "MODEL.WEIGHTS", "", "SOLVER.MAX_ITER", "4",
-         "SOLVER.IMS_PER_BATCH", "2", "OUTPUT_DIR", str(out), "DATASETS.TEST", "()",
+         "SOLVER.IMS_PER_BATCH", "2", "OUTPUT_DIR", str(out), "DATASETS.TEST", "()", "SOLVER.LOG_PERIOD", "1",
          "MODEL.SAM_MI.SAM.PRED_IOU_THRESH", "1e9"],  # no SAM mask: DMI gets no gradient at all
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
@@ -136,11 +136,13 @@ def test_two_process_training_equals_one_process(synthetic_root, tmp_path):
     assert one.returncode == 0, one.stderr[-3000:]
     two = _train_with_launch(2, tmp_path / "two", synthetic_root)
     assert two.returncode == 0, two.stderr[-3000:]
+    losses = [[json.loads(line)["total_loss"] for line in open(out / "metrics.json") if "total_loss" in line]
+              for out in (tmp_path / "one", tmp_path / "two")]
+    assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], rel=1e-5)  # measured: ~1e-6
     a = torch.load(tmp_path / "one" / "model_final.pth", weights_only=False)["model"]
     b = torch.load(tmp_path / "two" / "model_final.pth", weights_only=False)["model"]
     assert a.keys() == b.keys()
-    for k in a:
-        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k
-    losses = [[json.loads(line)["total_loss"] for line in open(out / "metrics.json") if "total_loss" in line]
-              for out in (tmp_path / "one", tmp_path / "two")]
-    assert losses[0] and losses[0] == pytest.approx(losses[1], rel=1e-4)
+    # AdamW normalises each gradient, so fp32 noise in near-zero gradients (all-reduce order, per-rank loss
+    # normalisation) moves a few biases by up to ~lr per step: bounded, not bitwise
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a if a[k].is_floating_point())
+    assert worst < 4 * 4 * 1e-3

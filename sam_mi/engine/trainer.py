@@ -49,6 +49,9 @@ class Trainer(DefaultTrainer):
         # only the main process has a PeriodicCheckpointer; every rank gathers at the same place in its list
         anchors = (hooks.PeriodicCheckpointer, hooks.EvalHook)
         at = next((i for i, h in enumerate(hook_list) if isinstance(h, anchors)), len(hook_list))
+        for h in hook_list:  # detectron2 writes metrics every 20 iterations; SOLVER.LOG_PERIOD sets it
+            if isinstance(h, hooks.PeriodicWriter):
+                h._period = self.cfg.SOLVER.LOG_PERIOD
         return hook_list[:at] + [rng] + hook_list[at:]
 
     def state_dict(self):

@@ -11,6 +11,7 @@ Ignored pixels count neither in G nor in P.
 import math
 from typing import Dict, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -64,3 +65,37 @@ class BoundaryIoU:
         per_class = torch.where(present, self.inter.double() / self.union.clamp_min(1).double(), torch.nan)
         biou = float(per_class[present].mean()) * 100 if present.any() else float("nan")
         return {"BIoU": biou, "per_class": (per_class * 100).tolist()}
+
+
+class BoundaryIoUEvaluator:
+    """detectron2 ``DatasetEvaluator`` of boundary IoU for a registered semantic-segmentation dataset whose
+    label files hold class ids (``ignore_label`` from its metadata). Returns {"boundary": {"BIoU": ...}}."""
+
+    def __init__(self, dataset_name: str, num_classes: Optional[int] = None) -> None:
+        from detectron2.data import DatasetCatalog, MetadataCatalog
+
+        meta = MetadataCatalog.get(dataset_name)
+        self.num_classes = num_classes or len(meta.stuff_classes)
+        self.ignore_value = meta.get("ignore_label", 255)
+        self.gt_files = {r["file_name"]: r["sem_seg_file_name"] for r in DatasetCatalog.get(dataset_name)}
+        self.reset()
+
+    def reset(self) -> None:
+        self.metric = BoundaryIoU(self.num_classes, self.ignore_value)
+
+    def process(self, inputs, outputs) -> None:
+        from .build import load_sem_seg_gt
+
+        for x, out in zip(inputs, outputs):
+            gt = torch.as_tensor(load_sem_seg_gt(self.gt_files[x["file_name"]], dtype=np.int64))
+            self.metric.update(out["sem_seg"].argmax(0).cpu(), gt)
+
+    def evaluate(self) -> Dict[str, Dict[str, float]]:
+        from detectron2.utils import comm
+
+        parts = comm.gather((self.metric.inter, self.metric.union), dst=0)
+        if not comm.is_main_process():
+            return {}
+        self.metric.inter = sum(p[0] for p in parts)
+        self.metric.union = sum(p[1] for p in parts)
+        return {"boundary": {"BIoU": self.metric.compute()["BIoU"]}}
