@@ -153,5 +153,8 @@ def add_sam_mi_config(cfg: CN) -> None:
     # False (the paper, Sec. 4.1): SAM's image encoder runs once per image at its own size and every view's
     # points are decoded on that embedding; True: SAM runs on each view like CLIP (for comparison)
     s.INFERENCE.SAM_PER_VIEW = False
+    # which output is scored at test time: "cost_head" (the model's prediction) or "tspp" (TSPP's own mask
+    # output M^text; Table 8 evaluates it after stage 1)
+    s.INFERENCE.SCORES = "cost_head"
     # autocast at test time: float16 on CUDA, bfloat16 on CPU (scores are merged in float32).
     s.INFERENCE.AMP = False

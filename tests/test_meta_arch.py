@@ -184,3 +184,23 @@ def test_oracle_masks_are_the_label_regions(synthetic_root):
     assert out["num_sam_masks"] == 2 and out["num_points"] == 0
     with pytest.raises(ValueError, match="ground truth"):
         model([{"image": random_image(100, 120, seed=5)}])
+
+
+def test_stage1_evaluation_scores_tspp_mask_output(synthetic_root):
+    """Table 8's mIoU column: after stage 1, evaluation scores TSPP's own M^text (INFERENCE.SCORES "tspp"),
+    without SAM; the un-weighted L_mse is logged for its other column."""
+    from detectron2.utils.events import EventStorage
+
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("configs/tiny/sam_mi_tiny_stage1.yaml"))
+    assert model.scores == "tspp" and model.mask_generator is None
+    x = {"image": random_image(96, 128, seed=3), "height": 96, "width": 128}
+    out = model.eval()([x])[0]
+    with torch.no_grad():
+        logits = model.predict(x["image"][None].float(), model.test_class_names, stage1=True)["tspp_logits"]
+    assert out["sem_seg"].shape == (logits.shape[1], 96, 128) and out["sam_mi"]["num_points"] == 0
+    model.train()
+    with EventStorage() as storage:
+        losses = model([{"image": random_image(128, 128), "sem_seg": torch.randint(0, 3, (128, 128))}])
+    logged = storage.history("tspp/l_mse").latest()
+    assert logged == pytest.approx(float(losses["loss_tspp_mse"]) / model.prompter.lambda_mse)

@@ -185,8 +185,8 @@ def _fmt(v: Optional[float], digits: int = 1, signed: bool = False) -> str:
     return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
 
 
-def _final_l_mse(stage1_dir: str, lambda_mse: float) -> Optional[float]:
-    """Un-weighted L_mse at the end of stage 1 (Table 8): the last logged loss_tspp_mse / lambda_mse."""
+def _last_logged(stage1_dir: str, key: str) -> Optional[float]:
+    """The last value of ``key`` in stage 1's metrics.json (None when absent)."""
     last = None
     try:
         with open(os.path.join(stage1_dir, "metrics.json")) as f:
@@ -195,10 +195,20 @@ def _final_l_mse(stage1_dir: str, lambda_mse: float) -> Optional[float]:
                     record = json.loads(line)
                 except ValueError:
                     continue
-                if "loss_tspp_mse" in record:
-                    last = record["loss_tspp_mse"]
+                if key in record:
+                    last = record[key]
     except OSError:
         return None
+    return last
+
+
+def _final_l_mse(stage1_dir: str, lambda_mse: float) -> Optional[float]:
+    """Un-weighted L_mse at the end of stage 1 (Table 8): logged as ``tspp/l_mse`` by the model (older runs:
+    the last loss_tspp_mse / lambda_mse)."""
+    value = _last_logged(stage1_dir, "tspp/l_mse")
+    if value is not None:
+        return value
+    last = _last_logged(stage1_dir, "loss_tspp_mse")
     return None if last is None or lambda_mse <= 0 else last / lambda_mse
 
 
@@ -232,6 +242,10 @@ def row_lines(row: Row, results_json: str, stage1_dir: Optional[str] = None, lam
         cols = table["columns"]
         if table_key == "table6":
             mine = [points(c) for c in cols]
+        elif table_key == "table8" and stage1_dir:
+            # TSPP's own mask output M^text on COCO-Stuff val, evaluated at the end of stage 1 (the stage-1
+            # configs score INFERENCE.SCORES "tspp")
+            mine = [_last_logged(stage1_dir, "sem_seg/mIoU")]
         else:
             mine = [columns.get(c, {}).get("mIoU") for c in cols]
         paper = [ref["values"].get(c) for c in cols]

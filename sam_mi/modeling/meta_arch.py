@@ -60,6 +60,7 @@ class SAMMI(nn.Module):
         out_resolution: int = 640,
         size_divisibility: int = 32,
         sam_per_view: bool = False,
+        scores: str = "cost_head",
         ignore_value: int = 255,
         inference_seed: int = 0,
         inference_amp: bool = False,
@@ -77,6 +78,7 @@ class SAMMI(nn.Module):
                 otherwise CAT-Seg's whole-image path, padding the image to a multiple of ``size_divisibility``.
             sam_per_view: in the sliding window, run SAM's image encoder on every view like CLIP instead of once
                 on the whole image (the paper's "1024x1024 for SAM", Sec. 4.1); for comparison.
+            scores: "cost_head" scores the model's prediction, "tspp" TSPP's M^text logits (Table 8).
             inference_seed: base seed of the point sampling at test time; each image draws from its own stream
                 seeded by (inference_seed, its file name), so results repeat across runs and GPU counts.
             inference_amp: autocast inference (float16 on CUDA, bfloat16 on CPU).
@@ -106,6 +108,9 @@ class SAMMI(nn.Module):
         self.window_size, self.window_overlap, self.out_resolution = window_size, window_overlap, out_resolution
         self.size_divisibility = size_divisibility
         self.sam_per_view = sam_per_view
+        if scores not in ("cost_head", "tspp") or (scores == "tspp" and not has_head):
+            raise ValueError(f"MODEL.SAM_MI.INFERENCE.SCORES must be 'cost_head' or 'tspp' (with TSPP on), got {scores!r}")
+        self.scores = scores
         self.ignore_value = ignore_value
         self.inference_seed = inference_seed
         self.inference_amp = inference_amp
@@ -138,6 +143,7 @@ class SAMMI(nn.Module):
             "out_resolution": s.INFERENCE.OUT_RESOLUTION,
             "size_divisibility": s.INFERENCE.SIZE_DIVISIBILITY,
             "sam_per_view": s.INFERENCE.SAM_PER_VIEW,
+            "scores": s.INFERENCE.SCORES,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "inference_seed": cfg.SEED if cfg.SEED >= 0 else 0,
             "inference_amp": s.INFERENCE.AMP,
@@ -176,6 +182,8 @@ class SAMMI(nn.Module):
             weight = 1.0 if self.train_stage == 1 else self.lambda_tspp
             tspp = self.prompter.losses(out["tspp_prob"], out["tspp_logits"], targets)
             losses.update({k: v * weight for k, v in tspp.items()})
+            if self.prompter.lambda_mse > 0:  # Table 8 reports L_mse un-weighted
+                storage_put("tspp/l_mse", [float(tspp["loss_tspp_mse"].detach()) / self.prompter.lambda_mse])
         if self.train_stage == 2:
             losses["loss_sem_seg"] = per_class_bce(out["logits"], targets, self.ignore_value)
             if out["masks"] is not None:
@@ -207,6 +215,8 @@ class SAMMI(nn.Module):
                                      "whole-image inference (MODEL.SAM_MI.INFERENCE.SLIDING_WINDOW False)")
                 pad = (0, views.shape[-1] - labels.shape[-1], 0, views.shape[-2] - labels.shape[-2])
                 labels = F.pad(labels, pad, value=self.ignore_value)  # the whole-image path's padding
+            if self.scores == "tspp":  # M^text alone: stage 1's output, no SAM needed
+                return self.predict(views, self.test_class_names, stage1=True)["tspp_logits"]
             out = self.predict(views, self.test_class_names, targets=labels, keep_intermediates=keep_intermediates,
                                generator=generator, frames=frames)
             if keep_intermediates and not captured:
