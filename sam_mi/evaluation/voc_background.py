@@ -18,6 +18,8 @@ import torch
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import SemSegEvaluator
 
+from .ground_truth import CheckedGroundTruth
+
 __all__ = ["merge_background_scores", "map_background_predictions", "VOCbEvaluator"]
 
 
@@ -46,8 +48,8 @@ def map_background_predictions(pred: np.ndarray, background_index: int) -> np.nd
     return np.minimum(pred, background_index)
 
 
-class VOCbEvaluator(SemSegEvaluator):
-    """detectron2's ``SemSegEvaluator`` with the VOC-20b background rule.
+class VOCbEvaluator(CheckedGroundTruth, SemSegEvaluator):
+    """detectron2's ``SemSegEvaluator`` with the VOC-20b background rule (and checked ground truth).
 
     The background index is the metadata's ``background_class`` when set, else the last of
     ``stuff_classes`` (VOC-20b registers 20 classes + "background", so 20).
