@@ -1,6 +1,6 @@
 """Training mapper for semantic segmentation (CAT-Seg's / Mask2Former's ``MaskFormerSemanticDatasetMapper``).
 
-Pipeline (CAT-Seg, catseg.md Sec. 1): ResizeShortestEdge(MIN_SIZE_TRAIN, MAX_SIZE_TRAIN, sampling) ->
+Pipeline (cvlab-kaist/CAT-Seg cat_seg/data/dataset_mappers/mask_former_semantic_dataset_mapper.py): ResizeShortestEdge(MIN_SIZE_TRAIN, MAX_SIZE_TRAIN, sampling) ->
 RandomCrop_CategoryAreaConstraint(INPUT.CROP.*) -> ColorAugSSD (if enabled) -> RandomFlip -> pad
 bottom/right (image 128, label ignore).
 

@@ -18,8 +18,16 @@ import zipfile
 from typing import Any, Dict
 
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["CheckpointFileError", "load_checkpoint_file", "describe_file", "is_torchscript_archive", "file_identity"]
+__all__ = [
+    "CheckpointFileError",
+    "load_checkpoint_file",
+    "describe_file",
+    "is_torchscript_archive",
+    "file_identity",
+    "CheckedCheckpointer",
+]
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = b"\x80"
@@ -129,3 +137,27 @@ def file_identity(path: str, chunk_bytes: int = 1 << 20) -> Dict[str, Any]:
         for block in iter(lambda: f.read(chunk_bytes), b""):
             digest.update(block)
     return {"path": os.path.abspath(path), "size": os.path.getsize(path), "sha256": digest.hexdigest()}
+
+
+class CheckedCheckpointer(DetectionCheckpointer):
+    """detectron2's ``DetectionCheckpointer`` whose PyTorch files go through :func:`load_checkpoint_file`.
+
+    A missing file or one that is not a checkpoint raises an error naming ``config_key`` (default
+    "MODEL.WEIGHTS"), the file and ``expected``, instead of fvcore's "Checkpoint ... not found!" assertion
+    or torch's weights-only advice.  detectron2's own formats (``.pkl`` model-zoo files, URLs) are left to
+    detectron2.
+    """
+
+    def __init__(self, model, save_dir: str = "", *, config_key: str = "MODEL.WEIGHTS",
+                 expected: str = "a SAM-MI checkpoint written by tools/train_net.py "
+                 "(or a CAT-Seg one converted by tools/convert_catseg_checkpoint.py)", **checkpointables):
+        super().__init__(model, save_dir, **checkpointables)
+        self.config_key, self.expected = config_key, expected
+
+    def load(self, path: str, *args, **kwargs):
+        if path and "://" not in path and not os.path.isfile(path):
+            raise FileNotFoundError(f"{self.config_key} = {path!r}: no such file; it should be {self.expected}")
+        return super().load(path, *args, **kwargs)
+
+    def _torch_load(self, f: str):
+        return load_checkpoint_file(f, self.config_key, self.expected)

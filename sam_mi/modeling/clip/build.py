@@ -245,7 +245,7 @@ def load_clip_weights(model: nn.Module, state_dict: Dict[str, Tensor], source: s
 
 
 def is_trainable(name: str, policy: str) -> bool:
-    """Fine-tuning policy for the CLIP parameter ``name`` (catseg.md Sec. 2.1).
+    """Fine-tuning policy for the CLIP parameter ``name`` (cvlab-kaist/CAT-Seg cat_seg/cat_seg_model.py).
 
     "attention": CAT-Seg v2's rule -- trainable iff the name contains ``transformer`` and ``attn`` and
     (``q_proj`` or ``v_proj``): exactly ``attn.q_proj_weight`` / ``attn.v_proj_weight`` of every block of
