@@ -146,3 +146,46 @@ def test_convert_tool_loads_safely_and_needs_trust_pickle(tmp_path):
     (tmp_path / "text.pth").write_text("hello")
     with pytest.raises(SystemExit, match=r"text\.pth' is a text file.*CAT-Seg v2 checkpoint"):
         tool.main(["--input", str(tmp_path / "text.pth"), "--output", str(out), "--trust-pickle"])
+
+
+def test_checked_checkpointer_for_model_weights(tmp_path):
+    from sam_mi.utils.checkpoint_io import CheckedCheckpointer
+
+    model = torch.nn.Linear(2, 2)
+    good = tmp_path / "model_final.pth"
+    torch.save({"model": {"weight": torch.ones(2, 2), "bias": torch.zeros(2)}}, good)
+    CheckedCheckpointer(model).load(str(good))
+    assert torch.equal(model.weight, torch.ones(2, 2))
+    for name, (path, words) in _bad_files(tmp_path).items():
+        with pytest.raises(CheckpointFileError) as err:
+            CheckedCheckpointer(model).load(path)
+        msg = str(err.value)
+        assert "MODEL.WEIGHTS" in msg and path in msg and "SAM-MI checkpoint" in msg and words in msg, (name, msg)
+        assert "weights_only" not in msg
+    with pytest.raises(FileNotFoundError, match=r"--weights / MODEL.WEIGHTS = .*nope\.pth.*no such file"):
+        CheckedCheckpointer(model, config_key="--weights / MODEL.WEIGHTS").load(str(tmp_path / "nope.pth"))
+
+
+def test_atomic_json_write_is_flushed_and_never_partial(tmp_path, monkeypatch):
+    from sam_mi.utils import atomic_io
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(atomic_io.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    path = tmp_path / "sub" / "results.json"
+    atomic_io.write_json_atomic(str(path), {"mIoU": 1.5})
+    assert synced and json_load(path) == {"mIoU": 1.5}
+    with pytest.raises(ValueError):
+        atomic_io.write_json_atomic(str(path), {"mIoU": float("nan")})  # JSON has no NaN
+    with pytest.raises(RuntimeError):
+        with atomic_io.atomic_write(str(path)) as f:
+            f.write('{"half": ')
+            raise RuntimeError("killed")
+    assert json_load(path) == {"mIoU": 1.5} and os.listdir(path.parent) == ["results.json"]
+
+
+def json_load(path):
+    import json
+
+    with open(path) as f:
+        return json.load(f)

@@ -222,3 +222,28 @@ def test_stats_evaluator_without_counts():
     ev.reset()
     ev.process([{}], [{"sem_seg": torch.zeros(1)}])
     assert ev.evaluate() == {}
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("truncated image", ["000000000002.jpg", "incomplete", "re-download"]),
+    ("label size", ["000000000002.png", "is 16x16 (WxH) but its image", "000000000002.jpg"]),
+    ("rgb label", ["000000000002.png", "RGB"]),
+    ("label id", ["000000000002.png", "id(s) 9", "7 classes"]),
+])
+def test_bad_files_fail_the_dataset_with_their_name(root, tmp_path, damage, words):
+    from PIL import Image
+
+    image = root / "synthetic-stuff/images/val2017/000000000002.jpg"
+    label = root / "synthetic-stuff/annotations_detectron2/val2017/000000000002.png"
+    if damage == "truncated image":
+        image.write_bytes(image.read_bytes()[:300])
+    elif damage == "label size":
+        Image.new("L", (16, 16)).save(label)
+    elif damage == "rgb label":
+        Image.new("RGB", (32, 32)).save(label)
+    else:
+        Image.new("L", Image.open(image).size, 9).save(label)
+    outcome, _ = _run(_cfg(tmp_path), tmp_path / "eval")
+    assert outcome.evaluated == [] and NAME in outcome.failed
+    assert all(w in outcome.failed[NAME] for w in words), outcome.failed[NAME]
+    assert not (tmp_path / "eval" / NAME / "results.json").exists()

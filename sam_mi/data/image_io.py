@@ -49,7 +49,7 @@ def _describe(error: BaseException) -> str:
         return ("PIL cannot identify its format: it is not an image file PIL can decode; replace it or remove "
                 "it from the dataset folder")
     text = f"{type(error).__name__}: {error}"
-    if "truncated" in str(error):
+    if "truncated" in str(error).lower():  # "image file is truncated", "Truncated File Read"
         return (f"{text}; the file is incomplete (an interrupted download, copy or extraction?): re-download "
                 "or re-extract it, or remove it (and its label) from the dataset folder")
     return f"{text}; check that the file is an uncorrupted image"
