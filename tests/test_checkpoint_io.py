@@ -124,7 +124,8 @@ def test_clip_download_only_with_the_switch(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------------------ conversion tool
 def _convert_tool():
-    spec = importlib.util.spec_from_file_location("convert_catseg", os.path.join(REPO, "tools", "convert_catseg_checkpoint.py"))
+    path = os.path.join(REPO, "tools", "convert_catseg_checkpoint.py")
+    spec = importlib.util.spec_from_file_location("convert_catseg", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -221,8 +221,9 @@ def test_other_weights_in_the_same_folder_are_evaluated_again(tmp_path, monkeypa
     torch.save({"model": state}, weights)
     assert run().evaluated == [KVASIR]  # re-evaluated, not reused
     second = json.load(open(os.path.join(out, KVASIR, "results.json")))
-    assert second["provenance"]["weights"]["MODEL.WEIGHTS"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
-    assert second["provenance"]["weights"]["MODEL.WEIGHTS"]["sha256"] != first["provenance"]["weights"]["MODEL.WEIGHTS"]["sha256"]
+    digest = second["provenance"]["weights"]["MODEL.WEIGHTS"]["sha256"]
+    assert digest == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert digest != first["provenance"]["weights"]["MODEL.WEIGHTS"]["sha256"]
     assert second["metrics"] != first["metrics"]
     assert run().evaluated == []  # same file again: reused
 

@@ -1,6 +1,7 @@
 """Training mapper for semantic segmentation (CAT-Seg's / Mask2Former's ``MaskFormerSemanticDatasetMapper``).
 
-Pipeline (cvlab-kaist/CAT-Seg cat_seg/data/dataset_mappers/mask_former_semantic_dataset_mapper.py): ResizeShortestEdge(MIN_SIZE_TRAIN, MAX_SIZE_TRAIN, sampling) ->
+Pipeline (cvlab-kaist/CAT-Seg cat_seg/data/dataset_mappers/mask_former_semantic_dataset_mapper.py):
+ResizeShortestEdge(MIN_SIZE_TRAIN, MAX_SIZE_TRAIN, sampling) ->
 RandomCrop_CategoryAreaConstraint(INPUT.CROP.*) -> ColorAugSSD (if enabled) -> RandomFlip -> pad
 bottom/right (image 128, label ignore).
 
@@ -171,7 +172,8 @@ class EvalDatasetMapper(DatasetMapper):
             raise ValueError("EvalDatasetMapper is the test-time mapper; for training use SemanticDatasetMapper")
         if cfg.INPUT.FORMAT != "RGB":
             raise ValueError(
-                f"INPUT.FORMAT must be 'RGB' (CLIP and SAM take RGB images, docs/CONTRACTS.md), got {cfg.INPUT.FORMAT!r}"
+                "INPUT.FORMAT must be 'RGB' (CLIP and SAM take RGB images, docs/CONTRACTS.md), "
+                f"got {cfg.INPUT.FORMAT!r}"
             )
         super().__init__(cfg, is_train=False)
 

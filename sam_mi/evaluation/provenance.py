@@ -7,9 +7,9 @@ re-evaluated and :func:`provenance_difference` says which field differed.
 
 Config keys that cannot change an evaluation result are left out of the comparison
 (:data:`IGNORED_CONFIG_KEYS`: output folder, dataset lists (the suite sets the dataset), solver and
-data-loader settings; the vocabulary file's path, whose names are compared instead).  The weight paths are compared through the files' content, so a checkpoint moved
-or copied elsewhere still matches, and a different file at the same path (``model_final.pth`` of a new
-training run) does not.
+data-loader settings; the vocabulary file's path, whose names are compared instead).  The weight paths
+are compared through the files' content, so a checkpoint moved or copied elsewhere still matches, and a
+different file at the same path (``model_final.pth`` of a new training run) does not.
 """
 import hashlib
 import json
@@ -159,8 +159,10 @@ def provenance_difference(stored: Any, current: Dict[str, Any]) -> Optional[str]
             return f"weights {key} differ: stored {_short(old)}; now {_short(new)}"
     if stored.get("config_sha256") != current["config_sha256"]:
         old_cfg, new_cfg = stored.get("config") or {}, current["config"]
-        keys = [k for k in sorted(set(old_cfg) | set(new_cfg)) if old_cfg.get(k, "<absent>") != new_cfg.get(k, "<absent>")]
-        shown = "; ".join(f"{k}: {old_cfg.get(k, '<absent>')!r} -> {new_cfg.get(k, '<absent>')!r}" for k in keys[:5])
+        old_value = lambda k: old_cfg.get(k, "<absent>")  # noqa: E731
+        new_value = lambda k: new_cfg.get(k, "<absent>")  # noqa: E731
+        keys = [k for k in sorted(set(old_cfg) | set(new_cfg)) if old_value(k) != new_value(k)]
+        shown = "; ".join(f"{k}: {old_value(k)!r} -> {new_value(k)!r}" for k in keys[:5])
         return f"config differs ({len(keys)} key(s): {shown}{'; ...' if len(keys) > 5 else ''})"
     if stored.get("protocol") != current["protocol"]:
         return f"protocol flags differ: stored {stored.get('protocol')}, now {current['protocol']}"

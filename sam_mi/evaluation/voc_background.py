@@ -3,7 +3,8 @@
 CAT-Seg's protocol (cvlab-kaist/CAT-Seg eval.sh) prompts the model with ``datasets/voc20b.json``: the 20
 VOC classes first, then 39 PASCAL-Context names that stand for the background.  Every prediction with
 index >= 20 is counted as class 20 ("background") before the confusion matrix; its ``VOCbEvaluator`` does
-it with ``np.int``, which numpy >= 1.24 no longer has.  Here the same rule is applied on the scores instead of the argmax:
+it with ``np.int``, which numpy >= 1.24 no longer has.  Here the same rule is applied on the scores
+instead of the argmax:
 
     scores'[:B] = scores[:B],   scores'[B] = max_{t >= B} scores[t]          (B = background index)
 
