@@ -23,7 +23,8 @@ def _bad_files(tmp_path):
     torch.save({"model": {"w": torch.zeros(256)}}, good)
     data = good.read_bytes()
     files = {
-        "random": (os.urandom(4096), "not a PyTorch file"),
+        # fixed bytes (not os.urandom: a random first byte 0x80 would read as a pickle header)
+        "random": (b"\x13\x37" + np.random.default_rng(0).bytes(4094), "not a PyTorch file"),
         "text": (b"model weights go here\n", "a text file"),
         "empty": (b"", "an empty file"),
         "truncated": (data[: len(data) // 2], "truncated or damaged zip archive"),
