@@ -1,4 +1,5 @@
 """Dataset registration: names, class lists, metadata, lazy roots, and the 'not prepared' error."""
+import logging
 import os
 import subprocess
 import sys
@@ -132,3 +133,55 @@ def test_import_does_not_touch_the_disk(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "847"
     assert not root.exists()
+
+
+class _Records(logging.Handler):
+    """Collects the warnings of one logger (independent of detectron2's propagate settings)."""
+
+    def __init__(self, logger_name: str):
+        super().__init__(logging.WARNING)
+        self.messages = []
+        self.logger = logging.getLogger(logger_name)
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+    def __enter__(self):
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self)
+
+
+def test_unpaired_files_are_warned_about_with_counts(tmp_path, monkeypatch):
+    gen = generate_synthetic_stuff(tmp_path, num_train=0, num_val=6, image_size=32, seed=0)
+    images, labels = gen / "images/val2017", gen / "annotations_detectron2/val2017"
+    for stem in ("000000000001", "000000000003", "000000000004"):  # half the images lost
+        (images / f"{stem}.jpg").unlink()
+    (labels / "000000000005.png").unlink()  # and one annotation
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    with _Records("sam_mi.data.datasets.register_common") as log:
+        records = DatasetCatalog.get("synthetic_stuff_val_sem_seg")
+        DatasetCatalog.get("synthetic_stuff_val_sem_seg")  # the same situation is reported once
+    assert [Path(r["file_name"]).stem for r in records] == ["000000000000", "000000000002"]
+    assert len(log.messages) == 1, log.messages
+    msg = log.messages[0]
+    assert "3 of 5 annotations" in msg and "000000000001.png has no 000000000001.jpg" in msg
+    assert "1 of 3 images" in msg and "000000000005.jpg" in msg
+    assert "Using the 2 complete pairs" in msg and "sam_mi.data.synthetic" in msg
+
+
+def test_complete_and_shared_image_folders_are_not_warned_about(tmp_path, monkeypatch):
+    generate_synthetic_stuff(tmp_path, num_train=0, num_val=2, image_size=32, seed=0)
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    voc = tmp_path / "VOCdevkit/VOC2012"
+    (voc / "annotations_detectron2/val").mkdir(parents=True)
+    (voc / "JPEGImages").mkdir(parents=True)
+    for stem in ("a", "b", "c"):  # JPEGImages holds the training images too: no warning for them
+        (voc / f"JPEGImages/{stem}.jpg").write_bytes(b"")
+    (voc / "annotations_detectron2/val/a.png").write_bytes(b"")
+    with _Records("sam_mi.data.datasets.register_common") as log:
+        assert len(DatasetCatalog.get("synthetic_stuff_val_sem_seg")) == 2
+        assert len(DatasetCatalog.get("voc_2012_test_sem_seg")) == 1
+    assert log.messages == []

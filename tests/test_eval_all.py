@@ -193,3 +193,55 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     for name, mtime in finished.items():
         assert os.stat(os.path.join(out, name, "results.json")).st_mtime_ns == mtime
     assert set(outcome.results) == {KVASIR, PST900, ADE847}
+
+
+def test_other_weights_in_the_same_folder_are_evaluated_again(tmp_path, monkeypatch):
+    """The issue's case: a new model_final.pth at the same path must not report the old file's numbers."""
+    import hashlib
+
+    from detectron2.modeling import build_model
+
+    from conftest import tiny_cfg
+
+    root, out = str(tmp_path / "datasets"), str(tmp_path / "eval")
+    make_stand_ins(root)
+    weights = tmp_path / "model_final.pth"
+    model = build_model(tiny_cfg("configs/tiny/sam_mi_tiny_baseline.yaml"))
+    torch.save({"model": model.state_dict()}, weights)
+
+    def run():
+        monkeypatch.setenv("DETECTRON2_DATASETS", root)
+        tool = _load_tool()
+        return tool.main(tool.get_parser().parse_args(_args(root, out, KVASIR) + ["--weights", str(weights)]))
+
+    assert run().evaluated == [KVASIR]
+    first = json.load(open(os.path.join(out, KVASIR, "results.json")))
+    torch.manual_seed(1)
+    state = {k: v + torch.randn_like(v) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    torch.save({"model": state}, weights)
+    assert run().evaluated == [KVASIR]  # re-evaluated, not reused
+    second = json.load(open(os.path.join(out, KVASIR, "results.json")))
+    digest = second["provenance"]["weights"]["MODEL.WEIGHTS"]["sha256"]
+    assert digest == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert digest != first["provenance"]["weights"]["MODEL.WEIGHTS"]["sha256"]
+    assert second["metrics"] != first["metrics"]
+    assert run().evaluated == []  # same file again: reused
+
+
+def test_table6_counts_of_a_sam_mi_model(tmp_path, monkeypatch):
+    root, out = str(tmp_path / "datasets"), str(tmp_path / "eval")
+    make_stand_ins(root)
+    monkeypatch.setenv("DETECTRON2_DATASETS", root)
+    tool = _load_tool()
+    config = os.path.join(REPO, "configs", "tiny", "sam_mi_tiny_stage2.yaml")
+    argv = ["--config-file", config, "--dataset-root", root, "--output", out, "--suite", KVASIR, "--no-progress",
+            "--no-protocol", "MODEL.WEIGHTS", ""]  # one view per image: fast
+    outcome = tool.main(tool.get_parser().parse_args(argv))
+    stats = json.load(open(os.path.join(out, KVASIR, "results.json")))["sam_mi"]
+    assert outcome.stats[KVASIR] == stats and stats["images"] == 2
+    assert stats["points_per_image"] > 0 and stats["sam_masks_per_image"] > 0 and stats["injected_image_fraction"] > 0
+    row = _csv(out)[KVASIR]
+    for column in ("points_per_image", "sam_masks_per_image", "injected_masks_per_image"):
+        assert float(row[column]) == pytest.approx(stats[column])
+    md = open(os.path.join(out, "report.md")).read()
+    assert f"| `{KVASIR}` | Kvasir-Instrument | {stats['points_per_image']:.1f} |" in md

@@ -10,23 +10,25 @@ r"""Evaluate a model on a suite of benchmarks and report against the paper (Tabl
     python tools/eval_all.py --config-file ... --weights ... \
         --suite ade20k_150_test_sem_seg,kvasir_instrument_sem_seg_test
 
-Per dataset the metrics land in ``<output>/<dataset>/results.json`` as soon as it finishes; running the
-same command again re-evaluates only what had not finished.  Datasets that are not prepared are skipped
-with the command that prepares them.  The final report is ``<output>/results.csv``, ``results.json`` and
-``report.md``.  Extra ``KEY VALUE`` pairs at the end override the config (after the protocol flags).
+Per dataset the metrics, the points / SAM masks / injected masks per image (paper Table 6) and what
+produced them (weights file hash, config, protocol flags, vocabulary, number of images) land in
+``<output>/<dataset>/results.json`` as soon as it finishes.  Running again re-evaluates what had not
+finished, and whatever was produced differently (other weights in the same folder, another config or
+vocabulary; the log says which field differed) or whose file is damaged.  Datasets that are not prepared
+are skipped with the command that prepares them.  The final report is ``<output>/results.csv``,
+``results.json`` and ``report.md``.  Extra ``KEY VALUE`` pairs at the end override the config (after the
+protocol flags); ``MODEL.SAM_MI.VOCABULARY_JSON`` replaces the prompts of every dataset of the suite (a
+dataset whose label ids it does not fit fails with a message).
 """
 import logging
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.modeling import build_model
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 
 def get_parser():
@@ -47,6 +49,7 @@ def clip_architecture(model_name: str) -> str:
 
 
 def setup(args, dataset_names):
+    """The frozen config (protocol flags, weights, overrides, output folder) and the protocol flags applied."""
     from sam_mi import add_sam_mi_config
     from sam_mi.evaluation import apply_protocol
 
@@ -66,7 +69,7 @@ def setup(args, dataset_names):
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="sam_mi")
     logging.getLogger("sam_mi").info(f"protocol flags: {protocol or 'not applied (--no-protocol)'}")
-    return cfg
+    return cfg, protocol
 
 
 def _broadcast_from_main(model) -> None:
@@ -90,22 +93,25 @@ def main(args):
     import sam_mi  # noqa: F401  (registers the standard benchmarks and SAMMI)
     from detectron2.data import DatasetCatalog
     from sam_mi.evaluation import resolve_suite, run_suite, write_report
+    from sam_mi.utils.checkpoint_io import CheckedCheckpointer
 
     names = resolve_suite(args.suite)
-    cfg = setup(args, [n for n in names if n in DatasetCatalog.list()])
+    cfg, protocol = setup(args, [n for n in names if n in DatasetCatalog.list()])
     log = logging.getLogger("sam_mi")
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).load(cfg.MODEL.WEIGHTS)
+        CheckedCheckpointer(model, save_dir=cfg.OUTPUT_DIR, config_key="--weights / MODEL.WEIGHTS").load(
+            cfg.MODEL.WEIGHTS)
     else:
         log.warning("no weights given (--weights / MODEL.WEIGHTS): evaluating the initialisation")
     _broadcast_from_main(model)
     model.eval()
-    outcome = run_suite(cfg, model, names, cfg.OUTPUT_DIR, progress=not args.no_progress)
+    outcome = run_suite(cfg, model, names, cfg.OUTPUT_DIR, progress=not args.no_progress, protocol=protocol)
     if comm.is_main_process():
         results = {n: outcome.results[n] for n in names if n in outcome.results}
         paths = write_report(cfg.OUTPUT_DIR, results, outcome.skipped, outcome.failed,
-                             architecture=clip_architecture(cfg.MODEL.SAM_MI.CLIP.MODEL_NAME))
+                             architecture=clip_architecture(cfg.MODEL.SAM_MI.CLIP.MODEL_NAME),
+                             stats={n: outcome.stats.get(n, {}) for n in results})
         for name, reason in outcome.skipped.items():
             print(f"[skip] {name}: {reason}", flush=True)
         for name, reason in outcome.failed.items():

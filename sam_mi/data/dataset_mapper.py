@@ -1,25 +1,35 @@
 """Training mapper for semantic segmentation (CAT-Seg's / Mask2Former's ``MaskFormerSemanticDatasetMapper``).
 
-Pipeline (CAT-Seg, catseg.md Sec. 1): ResizeShortestEdge(MIN_SIZE_TRAIN, MAX_SIZE_TRAIN, sampling) ->
+Pipeline (cvlab-kaist/CAT-Seg cat_seg/data/dataset_mappers/mask_former_semantic_dataset_mapper.py):
+ResizeShortestEdge(MIN_SIZE_TRAIN, MAX_SIZE_TRAIN, sampling) ->
 RandomCrop_CategoryAreaConstraint(INPUT.CROP.*) -> ColorAugSSD (if enabled) -> RandomFlip -> pad
 bottom/right (image 128, label ignore).
 
-Test time uses detectron2's own ``DatasetMapper(cfg, is_train=False)`` (ResizeShortestEdge with
-MIN_SIZE_TEST / MAX_SIZE_TEST; the evaluator reads the GT files itself).
+Test time: :class:`EvalDatasetMapper`, detectron2's ``DatasetMapper(cfg, is_train=False)``
+(ResizeShortestEdge with MIN_SIZE_TEST / MAX_SIZE_TEST) reading through the project's image reader; the
+evaluator reads the GT files itself (``sam_mi.evaluation.build``).
+
+Both mappers read images with :func:`sam_mi.data.image_io.read_image` (16-bit and float modes handled,
+the file named on any error) and the training mapper checks labels with
+:func:`sam_mi.data.validation.check_label`, the check the evaluators apply too.
 """
 import copy
 import math
-from typing import Any, Dict, List, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetMapper, MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-__all__ = ["SemanticDatasetMapper", "build_train_augmentations"]
+from .image_io import read_image
+from .validation import read_checked_label
+from .vocabulary import resolve_vocabulary
+
+__all__ = ["SemanticDatasetMapper", "EvalDatasetMapper", "build_train_augmentations"]
 
 
 def build_train_augmentations(cfg, ignore_label: int) -> List[Union[T.Augmentation, T.Transform]]:
@@ -58,10 +68,10 @@ class SemanticDatasetMapper:
     case with CAT-Seg's 384 crop and SIZE_DIVISIBILITY 384 — but silently *crops* a larger image (negative
     padding). Here we pad to the next multiple: identical in CAT-Seg's setting, and never drops pixels.
 
-    Bad input: images in any PIL mode (grayscale, palette, RGBA, CMYK) are converted exactly as
-    detectron2's ``read_image(file, format=image_format)`` does (PIL ``convert``; RGBA loses its alpha).
-    A label map that is not single-channel, or whose size differs from its image, raises a ValueError
-    naming both files.
+    Bad input: images are read by :func:`sam_mi.data.image_io.read_image` (8-bit modes converted as
+    detectron2 does, 16-bit scaled to 8 bits, float rejected, the file named on any error).  A label map
+    that is not single-channel, whose size differs from its image, or that holds an id beyond the training
+    vocabulary (``num_classes``) other than the ignore label raises a ``GroundTruthError`` naming the files.
     """
 
     @configurable
@@ -73,11 +83,12 @@ class SemanticDatasetMapper:
         image_format: str = "RGB",
         ignore_label: int = 255,
         size_divisibility: int = -1,
+        num_classes: Optional[int] = None,
     ):
         if not is_train:
             raise ValueError(
                 "SemanticDatasetMapper is the training mapper; for evaluation use "
-                "detectron2.data.DatasetMapper(cfg, is_train=False)"
+                "sam_mi.data.EvalDatasetMapper(cfg) (detectron2's DatasetMapper with the project's image reader)"
             )
         if image_format != "RGB":
             raise ValueError(
@@ -88,19 +99,24 @@ class SemanticDatasetMapper:
         self.image_format = image_format
         self.ignore_label = ignore_label
         self.size_divisibility = size_divisibility
+        self.num_classes = num_classes
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True) -> Dict[str, Any]:
         ignore_label = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
+        num_classes = None
         if len(cfg.DATASETS.TRAIN) > 0:
             # the training set's own ignore value (all CAT-Seg training data uses 255)
             ignore_label = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("ignore_label", ignore_label)
+            # label ids index the training vocabulary (the model's output channels)
+            num_classes = len(resolve_vocabulary(cfg.DATASETS.TRAIN[0], cfg.MODEL.SAM_MI.VOCABULARY_JSON))
         return {
             "is_train": is_train,
             "augmentations": build_train_augmentations(cfg, ignore_label),
             "image_format": cfg.INPUT.FORMAT,
             "ignore_label": ignore_label,
             "size_divisibility": cfg.MODEL.SAM_MI.INPUT.SIZE_DIVISIBILITY,
+            "num_classes": num_classes,
         }
 
     def _read(self, dataset_dict: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
@@ -110,21 +126,15 @@ class SemanticDatasetMapper:
                 "needs semantic labels (register the split with sam_mi.data.datasets.register_split)"
             )
         image_file, label_file = dataset_dict["file_name"], dataset_dict["sem_seg_file_name"]
-        image = utils.read_image(image_file, format=self.image_format)
-        # no format: keep the stored ids (uint8 PNG, palette PNG indices, uint16 TIFF)
-        label = utils.read_image(label_file)
-        if label.ndim == 3 and label.shape[2] == 1:
-            label = label[:, :, 0]
-        if label.ndim != 2:
-            raise ValueError(
-                f"label map {label_file!r} has shape {label.shape}; expected a single-channel image of class "
-                f"ids for {image_file!r} (colour-coded masks must be converted by a datasets/prepare_*.py script)"
-            )
-        if label.shape != image.shape[:2]:
-            raise ValueError(
-                f"label map {label_file!r} is {label.shape[1]}x{label.shape[0]} (WxH) but its image "
-                f"{image_file!r} is {image.shape[1]}x{image.shape[0]}; re-run the dataset's preparation script"
-            )
+        image = read_image(image_file, format=self.image_format)
+        # the stored ids (uint8 PNG, palette PNG indices, uint16 TIFF), checked against image and vocabulary
+        label = read_checked_label(
+            label_file,
+            image_file=image_file,
+            image_size=image.shape[:2],
+            num_classes=self.num_classes,
+            ignore_label=self.ignore_label,
+        )
         # sets height/width, or checks them against the record when present
         utils.check_image_size(dataset_dict, image)
         return image, label
@@ -146,4 +156,34 @@ class SemanticDatasetMapper:
             sem_seg_t = F.pad(sem_seg_t, (0, pad_w, 0, pad_h), value=self.ignore_label)
         dataset_dict["image"] = image_t.contiguous()
         dataset_dict["sem_seg"] = sem_seg_t.contiguous()
+        return dataset_dict
+
+
+class EvalDatasetMapper(DatasetMapper):
+    """detectron2's test-time ``DatasetMapper(cfg, is_train=False)`` reading images with the project reader.
+
+    Output: the record plus ``"image"`` uint8 Tensor[3, H, W] (resized by MIN_SIZE_TEST / MAX_SIZE_TEST)
+    and ``"height"`` / ``"width"`` (the image file's size: predictions are made at that size).  Ground
+    truth is not read here (the evaluators read and check it), so ``sem_seg_file_name`` is dropped.
+    """
+
+    def __init__(self, cfg, is_train: bool = False):
+        if is_train:
+            raise ValueError("EvalDatasetMapper is the test-time mapper; for training use SemanticDatasetMapper")
+        if cfg.INPUT.FORMAT != "RGB":
+            raise ValueError(
+                "INPUT.FORMAT must be 'RGB' (CLIP and SAM take RGB images, docs/CONTRACTS.md), "
+                f"got {cfg.INPUT.FORMAT!r}"
+            )
+        super().__init__(cfg, is_train=False)
+
+    def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = read_image(dataset_dict["file_name"], format=self.image_format)
+        utils.check_image_size(dataset_dict, image)  # sets height/width, or checks them against the record
+        aug_input = T.AugInput(image)
+        self.augmentations(aug_input)
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
+        dataset_dict.pop("sem_seg_file_name", None)
+        dataset_dict.pop("annotations", None)
         return dataset_dict

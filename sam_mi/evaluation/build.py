@@ -1,28 +1,15 @@
 """Which evaluator scores which dataset."""
-from typing import Optional, Union
+from typing import Optional
 
-import numpy as np
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import DatasetEvaluator, SemSegEvaluator
+from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
-from detectron2.utils.file_io import PathManager
-from PIL import Image
 
 from ..data.datasets.register_mess import is_mess_dataset
+from .ground_truth import CheckedSemSegEvaluator, with_checked_ground_truth
 from .voc_background import VOCbEvaluator
 
-__all__ = ["build_evaluator", "evaluator_kind", "load_sem_seg_gt"]
-
-
-def load_sem_seg_gt(filename: str, copy: bool = False, dtype: Optional[Union[np.dtype, str]] = None) -> np.ndarray:
-    """Read a label map (PNG, or 16-bit TIFF for ADE-847 / PC-459) as an array [H, W].
-
-    detectron2's default loader calls ``np.array(image, copy=False, dtype=int)``, which numpy >= 2 refuses
-    (a dtype change needs a copy); ``np.asarray`` keeps the meaning on both numpy generations.
-    """
-    del copy  # the conversion to ``dtype`` copies when it must
-    with PathManager.open(filename, "rb") as f:
-        return np.asarray(Image.open(f), dtype=dtype)
+__all__ = ["build_evaluator", "evaluator_kind"]
 
 
 def evaluator_kind(dataset_name: str) -> str:
@@ -55,6 +42,10 @@ def build_evaluator(
       background class included as MESS's headline, CoI-mIoU, per-class IoU; writes
       ``sem_seg_evaluation.pth`` that MESS's own aggregation script reads).
 
+    Every one reads and checks ground truth through
+    :class:`~sam_mi.evaluation.ground_truth.CheckedGroundTruth` (single channel, the image's size, ids within
+    the classes or the ignore label), the check the training mapper applies.
+
     Args:
         cfg: the config (unused today; kept for detectron2's ``build_evaluator(cfg, name, folder)``).
         output_folder: where the evaluator writes its files (predictions, confusion matrix), or None.
@@ -69,11 +60,9 @@ def build_evaluator(
             from mess.evaluation.sem_seg_evaluation import MESSSemSegEvaluator
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise ImportError(f"{dataset_name} needs `pip install mess-benchmark==0.2` ({e})") from e
-        evaluator = MESSSemSegEvaluator(dataset_name, distributed=distributed, output_dir=output_folder)
+        evaluator_class = with_checked_ground_truth(MESSSemSegEvaluator)
     elif kind == "sem_seg_background":
-        evaluator = VOCbEvaluator(dataset_name, distributed=distributed, output_dir=output_folder)
+        evaluator_class = VOCbEvaluator
     else:
-        evaluator = SemSegEvaluator(dataset_name, distributed=distributed, output_dir=output_folder)
-    # MESSSemSegEvaluator does not pass `sem_seg_loading_fn` on, so it is set on every evaluator here.
-    evaluator.sem_seg_loading_fn = load_sem_seg_gt
-    return evaluator
+        evaluator_class = CheckedSemSegEvaluator
+    return evaluator_class(dataset_name, distributed=distributed, output_dir=output_folder)

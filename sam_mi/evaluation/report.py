@@ -5,16 +5,21 @@ averaged into PAXRay-4 (one of the 22 datasets), domain numbers are the mean ove
 the MESS mean is the mean over the 22.  Every metric the evaluators report in common (mIoU, CoI-mIoU,
 fwIoU, mACC, pACC) is aggregated the same way; the numbers per dataset are the evaluators' own, unrounded.
 
-Files written by :func:`write_report`: ``results.csv``, ``results.json`` and ``report.md`` (tables laid out
-like the paper's Table 1 (MESS) and Table 2 (standard benchmarks), the paper's rows beside this run's and
-the difference to SAM-MI).
+Files written by :func:`write_report` (atomically): ``results.csv``, ``results.json`` and ``report.md``
+(tables laid out like the paper's Table 1 (MESS) and Table 2 (standard benchmarks), the paper's rows beside
+this run's and the difference to SAM-MI, and the per-image counts of points, SAM masks and injected masks
+beside the paper's Table 6).
 """
 import csv
+import io
 import json
 import math
 import os
 from functools import lru_cache
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from ..utils.atomic_io import write_json_atomic, write_text_atomic
+from .sam_mi_stats import STAT_COLUMNS
 
 __all__ = ["load_paper_results", "dataset_labels", "aggregate", "write_report", "paper_row", "METRICS"]
 
@@ -86,6 +91,15 @@ def aggregate(results: Dict[str, Dict[str, Optional[float]]]) -> Dict:
     return {"columns": columns, "domains": domain_rows, "mess_mean": mess_mean}
 
 
+def _nan_to_none(value):
+    """JSON has no NaN: None instead, in nested dicts / lists."""
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_none(v) for v in value]
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
 def _fmt(value: Optional[float], digits: int = 2, signed: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
@@ -127,6 +141,25 @@ def _table2_markdown(columns: Dict[str, Dict], architecture: str) -> List[str]:
     return out
 
 
+def _table6_markdown(results: Dict[str, Dict], stats: Dict[str, Dict]) -> List[str]:
+    """Points, SAM masks and injected masks per image of every evaluated dataset, beside Table 6."""
+    table, labels = load_paper_results()["tables"]["table6"], dataset_labels()
+    rows = []
+    for name in results:
+        counts = stats.get(name) or {}
+        label = labels.get(name)
+        rows.append([f"`{name}`", label or "", _fmt(counts.get("points_per_image"), 1),
+                     _fmt(_paper_points(label), 0), _fmt(counts.get("sam_masks_per_image"), 1),
+                     _fmt(counts.get("injected_masks_per_image"), 1), str(counts.get("images", "–"))])
+    out = ["## Table 6 — TSPP points, SAM masks and injected masks per image", "", f"_{table['caption']}_", ""]
+    out += _md_table(["Dataset", "Paper column", "Points / image", "Paper (Table 6)", "SAM masks / image",
+                      "Injected masks / image", "Images"], rows)
+    out += ["", "Counts are summed over the views of an image (every sliding window and the global view when "
+            "INFERENCE.SLIDING_WINDOW is on), then averaged over images; injected masks count 0 for an image "
+            "whose masks were not injected (no SAM mask, or DMI disabled). – = not reported."]
+    return out
+
+
 def _table1_markdown(summary: Dict) -> List[str]:
     """MESS, laid out like the paper's Table 1, with the domain means below."""
     table = load_paper_results()["tables"]["table1"]
@@ -162,7 +195,13 @@ def _table1_markdown(summary: Dict) -> List[str]:
     return out
 
 
-def _csv_rows(results: Dict[str, Dict], summary: Dict, architecture: str) -> List[Dict]:
+def _paper_points(label: Optional[str]) -> Optional[float]:
+    """The paper's Table 6 points per image for a paper column label, or None."""
+    value = paper_row("table6", "TSPP average points per image")["values"].get(label) if label else None
+    return None if value is None else float(value)
+
+
+def _csv_rows(results: Dict[str, Dict], summary: Dict, architecture: str, stats: Dict[str, Dict]) -> List[Dict]:
     labels, bench = dataset_labels(), load_paper_results()["benchmarks"]
     mess_ref = paper_row("table1", "SAM-MI (ours)")
     try:
@@ -175,11 +214,13 @@ def _csv_rows(results: Dict[str, Dict], summary: Dict, architecture: str) -> Lis
             return None
         return mess_ref["values"].get(label) if bench[label]["suite"] == "mess" else ovss_ref.get(label)
 
-    def row(level, name, label, suite, domain, metrics, paper):
+    def row(level, name, label, suite, domain, metrics, paper, counts=None):
         out = {"level": level, "name": name, "label": label or "", "suite": suite or "", "domain": domain or ""}
         out.update({m: metrics.get(m) for m in METRICS})
         out["paper_SAM-MI_mIoU"] = paper
         out["diff_mIoU"] = _diff(metrics.get("mIoU"), paper)
+        out.update({c: (counts or {}).get(c) for c in STAT_COLUMNS})
+        out["paper_points_per_image"] = _paper_points(label) if counts is not None else None
         return out
 
     rows = []
@@ -188,7 +229,7 @@ def _csv_rows(results: Dict[str, Dict], summary: Dict, architecture: str) -> Lis
         info = bench.get(label, {}) if label else {}
         one_to_one = label is not None and len(info["datasets"]) == 1
         rows.append(row("dataset", name, label, info.get("suite"), info.get("domain"), metrics,
-                        paper_value(label) if one_to_one else None))
+                        paper_value(label) if one_to_one else None, stats.get(name, {})))
     for label, metrics in summary["columns"].items():
         if len(bench[label]["datasets"]) > 1:  # PAXRay-4
             rows.append(row("combined", label, label, "mess", bench[label]["domain"], metrics, paper_value(label)))
@@ -207,31 +248,33 @@ def write_report(
     failed: Optional[Dict[str, str]] = None,
     architecture: str = "ViT-B/16",
     title: str = "SAM-MI evaluation",
+    stats: Optional[Dict[str, Dict[str, float]]] = None,
 ) -> Tuple[str, str, str]:
-    """Write ``results.csv``, ``results.json`` and ``report.md`` into ``output_dir``.
+    """Write ``results.csv``, ``results.json`` and ``report.md`` into ``output_dir`` (each atomically).
 
     Args:
         results: dataset name -> the evaluator's metrics (as stored per dataset).
         skipped / failed: dataset name -> reason (with the preparation command for skipped ones).
         architecture: CLIP architecture of the model ("ViT-B/16" or "ViT-L/14"): picks the paper rows.
+        stats: dataset name -> SAM-MI counts per image (``SAMMIStatsEvaluator``), for the Table 6 columns.
     Returns:
         the three paths.
     """
-    skipped, failed = skipped or {}, failed or {}
+    skipped, failed, stats = skipped or {}, failed or {}, stats or {}
     os.makedirs(output_dir, exist_ok=True)
     summary = aggregate(results)
-    rows = _csv_rows(results, summary, architecture)
+    rows = _csv_rows(results, summary, architecture, stats)
     csv_path = os.path.join(output_dir, "results.csv")
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["level", "name"])
-        writer.writeheader()
-        writer.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["level", "name"])
+    writer.writeheader()
+    writer.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
+    write_text_atomic(csv_path, buffer.getvalue())
 
     json_path = os.path.join(output_dir, "results.json")
-    payload = {"architecture": architecture, "datasets": results, "summary": summary, "rows": rows,
-               "skipped": skipped, "failed": failed}
-    with open(json_path, "w") as f:
-        json.dump(payload, f, indent=1)
+    payload = {"architecture": architecture, "datasets": results, "sam_mi": {n: stats.get(n, {}) for n in results},
+               "summary": summary, "rows": rows, "skipped": skipped, "failed": failed}
+    write_json_atomic(json_path, _nan_to_none(payload))
 
     labels, bench = dataset_labels(), load_paper_results()["benchmarks"]
     suites = {bench[labels[n]]["suite"] for n in results if n in labels}
@@ -246,12 +289,13 @@ def write_report(
         lines += ["## Other datasets", ""]
         lines += _md_table(["Dataset", *METRICS], [[n, *[_fmt(results[n].get(m)) for m in METRICS]] for n in others])
         lines.append("")
+    if results:
+        lines += _table6_markdown(results, stats) + [""]
     if skipped or failed:
         lines += ["## Not evaluated", ""]
         lines += [f"- `{n}` skipped: {reason}" for n, reason in skipped.items()]
         lines += [f"- `{n}` FAILED: {reason}" for n, reason in failed.items()]
         lines.append("")
     md_path = os.path.join(output_dir, "report.md")
-    with open(md_path, "w") as f:
-        f.write("\n".join(lines))
+    write_text_atomic(md_path, "\n".join(lines))
     return csv_path, json_path, md_path

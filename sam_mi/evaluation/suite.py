@@ -1,28 +1,33 @@
 """Evaluate a model over a suite of datasets: the loop behind ``tools/eval_all.py``.
 
-A suite is resumable: each dataset's metrics are written to ``<output>/<dataset>/results.json`` (atomically,
-by the main process) when its evaluation finishes, and a dataset with that file is not evaluated again.
-Datasets that are not prepared are skipped with a line saying how to prepare them; a dataset whose
-evaluation raises is recorded as failed and the suite goes on, so a long run never dies halfway.
+A suite is resumable: each dataset's metrics, its Table 6 counts (points, SAM masks and injected masks
+per image) and what produced them (weights, config, protocol flags, vocabulary, number of images) are
+written to ``<output>/<dataset>/results.json`` (atomically, by the main process) when its evaluation
+finishes.  A stored result is reused only when what produced it equals the current run
+(:mod:`sam_mi.evaluation.provenance`); otherwise, or when the file is damaged, the dataset is evaluated
+again with a line saying why.  Datasets that are not prepared are skipped with a line saying how to
+prepare them; a dataset whose evaluation raises (or whose vocabulary is invalid) is recorded as failed
+and the suite goes on, so a long run never dies halfway.
 """
-import json
 import logging
-import math
 import os
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog, build_detection_test_loader
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
 from detectron2.evaluation import DatasetEvaluator, inference_on_dataset
 from detectron2.utils import comm
 
+from ..data.dataset_mapper import EvalDatasetMapper
 from ..data.datasets.register_mess import is_mess_dataset, mess_prepare_command, register_mess_datasets
-from ..data.vocabulary import dataset_vocabulary
+from ..data.vocabulary import VocabularyError, resolve_vocabulary
 from .build import build_evaluator, evaluator_kind
+from .provenance import build_provenance, provenance_difference, weights_identity
+from .result_store import RESULT_FILE, json_number, load_stored_result, result_path, write_stored_result
+from .sam_mi_stats import SAMMIStatsEvaluator
 
 __all__ = [
     "OVSS_SUITE",
@@ -48,18 +53,17 @@ OVSS_SUITE = (
     "voc_2012_test_sem_seg",
     "voc_2012_test_background_sem_seg",
 )
-# The evaluation protocol of CAT-Seg's eval.sh and of the MESS recipe (catseg.md §2.5, data_and_sam.md
-# §1.4): sliding-window inference and no class-aggregation pooling.  Applied before the user's overrides.
+# The evaluation protocol of CAT-Seg (cvlab-kaist/CAT-Seg eval.sh: TEST.SLIDING_WINDOW True,
+# MODEL.SEM_SEG_HEAD.POOLING_SIZES [1,1]), used for MESS too: sliding-window inference and no
+# class-aggregation pooling.  Applied before the user's overrides.
 PROTOCOL_OPTS = ["MODEL.SAM_MI.INFERENCE.SLIDING_WINDOW", True, "MODEL.SAM_MI.AGGREGATOR.POOLING_SIZES", [1, 1]]
-RESULT_FILE = "results.json"
-
-
 
 @dataclass
 class SuiteOutcome:
     """What a suite run produced (complete on the main process only)."""
 
     results: Dict[str, Dict[str, float]] = field(default_factory=dict)  # dataset -> evaluator metrics
+    stats: Dict[str, Dict[str, float]] = field(default_factory=dict)  # dataset -> Table 6 counts per image
     skipped: Dict[str, str] = field(default_factory=dict)  # dataset -> reason + preparation command
     failed: Dict[str, str] = field(default_factory=dict)  # dataset -> error
     evaluated: List[str] = field(default_factory=list)  # evaluated in this run (not resumed)
@@ -146,102 +150,124 @@ def evaluate_dataset(
     dataset_name: str,
     output_folder: Optional[str] = None,
     on_images: Optional[Callable[[int], None]] = None,
-) -> Dict[str, float]:
+    vocabulary: Optional[Sequence[str]] = None,
+) -> Tuple[Dict[str, float], Dict[str, float]]:
     """Evaluate ``model`` on one dataset with its own vocabulary and evaluator.
 
-    The vocabulary (``metadata.vocabulary`` or ``stuff_classes``) is set on the model first, so its text
-    embeddings are computed once per vocabulary.  Images go through detectron2's test-time
-    ``DatasetMapper`` (as ``tools/train_net.py``); ground truth is read by the evaluator itself, so the
-    records handed to the loader carry no ``sem_seg_file_name`` (a 16-bit TIFF would otherwise be decoded
-    for nothing).
+    The vocabulary (``resolve_vocabulary(dataset_name, MODEL.SAM_MI.VOCABULARY_JSON)`` unless given) is set
+    on the model first, so its text embeddings are computed once per vocabulary.  Images go through
+    :class:`~sam_mi.data.dataset_mapper.EvalDatasetMapper` (detectron2's test-time mapper with the
+    project's image reader); ground truth is read and checked by the evaluator itself, so the records
+    handed to the loader carry no ``sem_seg_file_name`` (a 16-bit TIFF would otherwise be decoded for
+    nothing).
 
     Returns:
-        the evaluator's ``sem_seg`` metrics (main process; ``{}`` on the others).
+        ``(metrics, stats)``: the evaluator's ``sem_seg`` metrics and the per-image SAM-MI counts
+        (:class:`~sam_mi.evaluation.sam_mi_stats.SAMMIStatsEvaluator`; ``{}`` for a model that reports
+        none); both ``{}`` on processes other than the main one.
     """
+    if vocabulary is None:
+        vocabulary = resolve_vocabulary(dataset_name, cfg.MODEL.SAM_MI.VOCABULARY_JSON)
     target = model.module if hasattr(model, "module") else model
-    target.set_vocabulary(dataset_vocabulary(dataset_name))
+    target.set_vocabulary(list(vocabulary))
     records = [{k: v for k, v in r.items() if k != "sem_seg_file_name"} for r in DatasetCatalog.get(dataset_name)]
-    loader = build_detection_test_loader(
-        records, mapper=DatasetMapper(cfg, is_train=False), num_workers=cfg.DATALOADER.NUM_WORKERS
-    )
-    evaluator = build_evaluator(cfg, dataset_name, output_folder)
-    evaluators = [evaluator] if on_images is None else [evaluator, _Progress(on_images)]
-    results = inference_on_dataset(model, loader, evaluators)
-    return dict(results.get("sem_seg", {})) if results else {}
+    loader = build_detection_test_loader(records, mapper=EvalDatasetMapper(cfg), num_workers=cfg.DATALOADER.NUM_WORKERS)
+    evaluators = [build_evaluator(cfg, dataset_name, output_folder), SAMMIStatsEvaluator()]
+    if on_images is not None:
+        evaluators.append(_Progress(on_images))
+    results = inference_on_dataset(model, loader, evaluators) or {}
+    return dict(results.get("sem_seg", {})), dict(results.get("sam_mi", {}))
 
 
-def _result_path(output_dir: str, dataset_name: str) -> str:
-    return os.path.join(output_dir, dataset_name, RESULT_FILE)
+@dataclass
+class _Plan:
+    done: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # dataset -> stored record (reused)
+    pending: Dict[str, Tuple[int, Dict[str, Any]]] = field(default_factory=dict)  # dataset -> (size, provenance)
+    skipped: Dict[str, str] = field(default_factory=dict)
+    failed: Dict[str, str] = field(default_factory=dict)
 
 
-def _json_safe(value) -> Optional[float]:
-    # NaN (a class absent from both GT and predictions) is not valid JSON: write null.
-    value = float(value)
-    return None if math.isnan(value) else value
+def _not_prepared(name: str, error: Exception) -> str:
+    if isinstance(error, KeyError):
+        return "not a registered dataset name (check the spelling; MESS names need mess-benchmark)"
+    command = preparation_command(name)
+    reason = f"not prepared ({type(error).__name__}: {error})"
+    # the standard benchmarks' loaders already name their command; say it once
+    return reason if command in reason else f"{reason}; prepare it with: {command}"
 
 
-def write_json_atomic(path: str, payload: Dict) -> None:
-    """Write JSON through a temporary file + rename so a killed run never leaves a half-written file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=1, allow_nan=False)
-    os.replace(tmp, path)
-
-
-def load_dataset_result(output_dir: str, dataset_name: str) -> Optional[Dict]:
-    """The stored result of a finished dataset, or None."""
-    path = _result_path(output_dir, dataset_name)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def _plan(names: Sequence[str], output_dir: str):
-    """Split ``names`` into finished (stored results), pending (prepared; with sizes) and skipped."""
-    done, pending, skipped = {}, {}, {}
+def _plan(cfg, names: Sequence[str], output_dir: str, protocol: Sequence[str]) -> _Plan:
+    """Decide per dataset: reuse its stored result, evaluate it, skip it (not prepared) or fail it."""
+    plan = _Plan()
+    weights = weights_identity(cfg)
     for name in names:
-        stored = load_dataset_result(output_dir, name)
-        if stored is not None:
-            done[name] = stored["metrics"]
+        path = result_path(output_dir, name)
+        try:
+            size = dataset_size(name)
+        except Exception as e:  # noqa: BLE001 - any loader error means "not prepared"
+            plan.skipped[name] = _not_prepared(name, e)
+            if os.path.isfile(path):
+                logger.warning(f"[skip] {name}: the stored result {path} is not reused: the dataset cannot be read")
             continue
         try:
-            pending[name] = dataset_size(name)
-        except Exception as e:  # noqa: BLE001 - any loader error means "not prepared"
-            if isinstance(e, KeyError):
-                skipped[name] = "not a registered dataset name (check the spelling; MESS names need mess-benchmark)"
+            vocabulary = resolve_vocabulary(name, cfg.MODEL.SAM_MI.VOCABULARY_JSON)
+        except VocabularyError as e:
+            plan.failed[name] = f"{type(e).__name__}: {e}"
+            continue
+        provenance = build_provenance(cfg, weights, protocol, vocabulary, size)
+        record, problem = load_stored_result(path)
+        if problem is not None:
+            logger.warning(f"[redo] {name}: {path} is damaged ({problem}); evaluating the dataset again")
+        elif record is not None:
+            difference = provenance_difference(record.get("provenance"), provenance)
+            if difference is None:
+                plan.done[name] = record
                 continue
-            command = preparation_command(name)
-            reason = f"not prepared ({type(e).__name__}: {e})"
-            # the standard benchmarks' loaders already name their command; say it once
-            skipped[name] = reason if command in reason else f"{reason}; prepare it with: {command}"
-    return done, pending, skipped
+            logger.warning(f"[redo] {name}: {path} was produced differently: {difference}; evaluating again")
+        plan.pending[name] = (size, provenance)
+    return plan
 
 
 def run_suite(
-    cfg, model: torch.nn.Module, names: Sequence[str], output_dir: str, progress: bool = True
+    cfg,
+    model: torch.nn.Module,
+    names: Sequence[str],
+    output_dir: str,
+    progress: bool = True,
+    protocol: Sequence[str] = (),
 ) -> SuiteOutcome:
     """Evaluate ``model`` on every dataset of ``names``, resuming from ``output_dir``.
 
     Every process must call it (the plan is decided on the main process and shared); only the main
     process writes files and holds the complete outcome.
+
+    Args:
+        protocol: the protocol flags applied to ``cfg`` ("KEY value" strings, :func:`apply_protocol`),
+            recorded with each result.
     """
-    plan = _plan(names, output_dir) if comm.is_main_process() else None
-    done, pending, skipped = comm.all_gather(plan)[0]
-    outcome = SuiteOutcome(results=dict(done), skipped=dict(skipped))
+    plan: _Plan = comm.all_gather(_plan(cfg, names, output_dir, protocol) if comm.is_main_process() else None)[0]
+    outcome = SuiteOutcome(
+        results={n: r["metrics"] for n, r in plan.done.items()},
+        stats={n: r.get("sam_mi") or {} for n, r in plan.done.items()},
+        skipped=dict(plan.skipped),
+        failed=dict(plan.failed),
+    )
     main = comm.is_main_process()
-    for name in done:
-        logger.info(f"[done] {name}: results found in {_result_path(output_dir, name)}; not re-evaluated")
-    for name, reason in skipped.items():
+    for name in plan.done:
+        logger.info(f"[done] {name}: results found in {result_path(output_dir, name)} (same weights, config, "
+                    "protocol, vocabulary and images); not re-evaluated")
+    for name, reason in plan.skipped.items():
         logger.warning(f"[skip] {name}: {reason}")
+    for name, reason in plan.failed.items():
+        logger.error(f"[fail] {name}: {reason}")
 
     from tqdm import tqdm
 
-    bar = tqdm(total=sum(pending.values()), unit="img", disable=not (main and progress), dynamic_ncols=True)
+    bar = tqdm(total=sum(size for size, _ in plan.pending.values()), unit="img", disable=not (main and progress),
+               dynamic_ncols=True)
     try:
-        for index, (name, size) in enumerate(pending.items()):
-            bar.set_description(f"[{index + 1}/{len(pending)}] {name}")
+        for index, (name, (size, provenance)) in enumerate(plan.pending.items()):
+            bar.set_description(f"[{index + 1}/{len(plan.pending)}] {name}")
             start, seen = time.perf_counter(), [0]
 
             def on_images(n: int) -> None:
@@ -250,7 +276,8 @@ def run_suite(
                 bar.update(n)
 
             try:
-                metrics = evaluate_dataset(cfg, model, name, os.path.join(output_dir, name), on_images)
+                metrics, stats = evaluate_dataset(cfg, model, name, os.path.join(output_dir, name), on_images,
+                                                  vocabulary=provenance["vocabulary"])
             except Exception as e:  # noqa: BLE001 - record and go on with the next dataset
                 logger.error(f"[fail] {name}: {type(e).__name__}: {e}\n{traceback.format_exc()}")
                 outcome.failed[name] = f"{type(e).__name__}: {e}"
@@ -258,18 +285,20 @@ def run_suite(
                 continue
             bar.update(size - seen[0])
             if main:
-                payload = {
+                record = {
                     "dataset": name,
                     "num_images": size,
                     "seconds": round(time.perf_counter() - start, 3),
                     "evaluator": evaluator_kind(name),
-                    "metrics": {k: _json_safe(v) for k, v in metrics.items()},
+                    "metrics": {k: json_number(v) for k, v in metrics.items()},
+                    "sam_mi": stats,
+                    "provenance": provenance,
                 }
-                write_json_atomic(_result_path(output_dir, name), payload)
-                outcome.results[name] = payload["metrics"]
+                write_stored_result(result_path(output_dir, name), record)
+                outcome.results[name] = record["metrics"]
+                outcome.stats[name] = stats
                 logger.info(f"[eval] {name}: mIoU {metrics.get('mIoU', float('nan')):.2f} ({size} images)")
             outcome.evaluated.append(name)
     finally:
         bar.close()
     return outcome
-

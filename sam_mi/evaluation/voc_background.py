@@ -1,9 +1,10 @@
 """PASCAL VOC-20b ("PAS-20b"): VOC's 20 classes plus background, scored from a 59-prompt vocabulary.
 
-CAT-Seg's protocol (catseg.md §2.5, §4) prompts the model with ``voc20b.json``: the 20 VOC classes first,
-then 39 PASCAL-Context names that stand for the background.  Every prediction with index >= 20 is counted
-as class 20 ("background") before the confusion matrix; its ``VOCbEvaluator`` does it with ``np.int``,
-which numpy >= 1.24 no longer has.  Here the same rule is applied on the scores instead of the argmax:
+CAT-Seg's protocol (cvlab-kaist/CAT-Seg eval.sh) prompts the model with ``datasets/voc20b.json``: the 20
+VOC classes first, then 39 PASCAL-Context names that stand for the background.  Every prediction with
+index >= 20 is counted as class 20 ("background") before the confusion matrix; its ``VOCbEvaluator`` does
+it with ``np.int``, which numpy >= 1.24 no longer has.  Here the same rule is applied on the scores
+instead of the argmax:
 
     scores'[:B] = scores[:B],   scores'[B] = max_{t >= B} scores[t]          (B = background index)
 
@@ -17,6 +18,8 @@ import numpy as np
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import SemSegEvaluator
+
+from .ground_truth import CheckedGroundTruth
 
 __all__ = ["merge_background_scores", "map_background_predictions", "VOCbEvaluator"]
 
@@ -46,8 +49,8 @@ def map_background_predictions(pred: np.ndarray, background_index: int) -> np.nd
     return np.minimum(pred, background_index)
 
 
-class VOCbEvaluator(SemSegEvaluator):
-    """detectron2's ``SemSegEvaluator`` with the VOC-20b background rule.
+class VOCbEvaluator(CheckedGroundTruth, SemSegEvaluator):
+    """detectron2's ``SemSegEvaluator`` with the VOC-20b background rule (and checked ground truth).
 
     The background index is the metadata's ``background_class`` when set, else the last of
     ``stuff_classes`` (VOC-20b registers 20 classes + "background", so 20).

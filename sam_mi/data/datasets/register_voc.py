@@ -13,6 +13,7 @@ VOC_SPLITS = [
     SemSegSplit(
         name="voc_2012_test_sem_seg",
         image_dir="VOCdevkit/VOC2012/JPEGImages",
+        shared_image_dir=True,  # JPEGImages holds every split
         gt_dir="VOCdevkit/VOC2012/annotations_detectron2/val",
         stuff_classes=VOC_20_CLASSES,
         prepare=_PREPARE,
@@ -20,6 +21,7 @@ VOC_SPLITS = [
     SemSegSplit(
         name="voc_2012_test_background_sem_seg",
         image_dir="VOCdevkit/VOC2012/JPEGImages",
+        shared_image_dir=True,  # JPEGImages holds every split
         gt_dir="VOCdevkit/VOC2012/annotations_detectron2_bg/val",
         stuff_classes=VOC_20_BACKGROUND_CLASSES,
         vocabulary=VOC_20B_VOCABULARY,

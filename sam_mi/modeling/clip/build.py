@@ -5,6 +5,12 @@ separate Q/K/V Parameters (``attention.py``) and the weights, if any, are loaded
 (instead of passing ``pretrained`` to open_clip) lets one code path accept OpenAI JIT archives, OpenAI or
 open_clip state dicts, safetensors, and checkpoints that hold CLIP under a prefix (a SAM-MI checkpoint's
 ``clip.model.``, a CAT-Seg one's ``sem_seg_head.predictor.clip_model.``), and give a clear error offline.
+
+Downloads (a choice): nothing is downloaded at run time unless asked for.  A pretrained tag ("openai") is
+looked up in the local caches only; when it is not there the error names the file to put where and the
+command that downloads it, at once (open_clip's own download would otherwise spend about a minute
+retrying without network).  ``SAM_MI_ALLOW_DOWNLOAD=1`` (or ``allow_download=True``) lets open_clip
+download it; ``HF_HUB_OFFLINE=1`` forbids it even then.
 """
 import logging
 import os
@@ -17,11 +23,13 @@ import torch
 from open_clip.pretrained import download_pretrained, get_pretrained_cfg
 from torch import Tensor, nn
 
+from ...utils.checkpoint_io import is_torchscript_archive, load_checkpoint_file
 from .attention import split_attention_, split_in_proj_weights
 
 __all__ = [
     "MODEL_CONFIG_DIR",
     "CLIPWeightsNotFoundError",
+    "downloads_allowed",
     "register_model_configs",
     "canonical_model_name",
     "resolve_pretrained",
@@ -65,8 +73,23 @@ def canonical_model_name(model_name: str) -> str:
     return name
 
 
-def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "SAM_MI_OFFLINE"))
+_CHECKPOINT_KEY = "MODEL.SAM_MI.CLIP.PRETRAINED"
+_EXPECTED = (
+    "a CLIP checkpoint: OpenAI's TorchScript archive (e.g. ViT-B-16.pt), an open_clip / OpenAI state dict "
+    "(.pt/.pth/.bin/.safetensors), or a SAM-MI / CAT-Seg checkpoint that holds CLIP"
+)
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def downloads_allowed() -> bool:
+    """Whether run time may download CLIP weights: only with ``SAM_MI_ALLOW_DOWNLOAD=1`` and without
+    ``HF_HUB_OFFLINE`` / ``SAM_MI_OFFLINE`` (see the module docstring)."""
+    if _env_true("HF_HUB_OFFLINE") or _env_true("SAM_MI_OFFLINE"):
+        return False
+    return _env_true("SAM_MI_ALLOW_DOWNLOAD")
 
 
 def _missing_weights_message(model_name: str, pretrained: str, cfg: dict, cache_dir: Optional[str]) -> str:
@@ -75,8 +98,10 @@ def _missing_weights_message(model_name: str, pretrained: str, cfg: dict, cache_
     if url:
         target = os.path.join(cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(url))
         lines += [
-            f"Download {url}",
-            f"  to {target} (open_clip's and CAT-Seg's cache location), or anywhere else and point the config at",
+            f"Expected file: {target} (open_clip's and CAT-Seg's cache location). Download it with",
+            f"  curl -L --create-dirs -o {target} {url}",
+            "  (or run once with SAM_MI_ALLOW_DOWNLOAD=1 to let open_clip download it), or put it anywhere and "
+            "point the config at",
             f"  the file: MODEL.SAM_MI.CLIP.PRETRAINED /path/to/{os.path.basename(url)}",
         ]
     if cfg.get("hf_hub"):
@@ -95,9 +120,10 @@ def resolve_pretrained(
     """Local file holding the weights named by ``pretrained`` (a file path or an open_clip tag like "openai").
 
     Order for a tag: the OpenAI ``.pt`` in ``cache_dir`` (default ``~/.cache/clip``); open_clip's Hugging Face
-    copy already in the HF cache; then a download through open_clip unless ``allow_download`` is False
-    (default: allowed unless ``HF_HUB_OFFLINE`` / ``SAM_MI_OFFLINE`` is set).
-    Raises ``CLIPWeightsNotFoundError`` saying which file to download and how to point the config at it.
+    copy already in the HF cache; then a download through open_clip only if ``allow_download`` (default:
+    :func:`downloads_allowed`, i.e. ``SAM_MI_ALLOW_DOWNLOAD=1``).
+    Raises ``CLIPWeightsNotFoundError`` at once, without touching the network, saying which file to
+    download, the command that does it and how to point the config at it.
     """
     name = canonical_model_name(model_name)
     if os.path.isfile(pretrained):
@@ -130,10 +156,13 @@ def resolve_pretrained(
             if isinstance(hit, str) and os.path.isfile(hit):
                 return hit
     if allow_download is None:
-        allow_download = not _offline()
+        allow_download = downloads_allowed()
     message = _missing_weights_message(name, pretrained, cfg, cache_dir)
     if not allow_download:
-        raise CLIPWeightsNotFoundError(message + "\n(Downloading is disabled: offline.)")
+        raise CLIPWeightsNotFoundError(
+            message + "\n(Nothing is downloaded at run time: set SAM_MI_ALLOW_DOWNLOAD=1, with HF_HUB_OFFLINE and "
+            "SAM_MI_OFFLINE unset, to allow it.)"
+        )
     try:
         path = download_pretrained(cfg, cache_dir=cache_dir)
     except Exception as e:  # network errors come in many types; all mean "not available"
@@ -164,22 +193,33 @@ def load_clip_state_dict(path: str) -> Dict[str, Tensor]:
     ``{"state_dict"|"model": ...}``, prefixed by ``module.``/``clip.model.``/CAT-Seg's prefix) or safetensors.
     Fused ``in_proj_weight`` entries are split into q/k/v (chunk(3)).  Returns a fp32-or-original-dtype dict."""
     if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        raw = load_file(path, device="cpu")
-    else:
-        try:  # OpenAI distributes TorchScript archives (ViT-B-16.pt, ViT-L-14-336px.pt)
+        try:
+            raw = load_file(path, device="cpu")
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"{_CHECKPOINT_KEY} = {path!r} is not a readable safetensors file ({e}); it should be "
+                             f"{_EXPECTED}") from None
+    elif is_torchscript_archive(path):  # OpenAI distributes TorchScript archives (ViT-B-16.pt, ViT-L-14-336px.pt)
+        try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
                 raw = torch.jit.load(path, map_location="cpu").state_dict()
-        except RuntimeError:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+        except RuntimeError as e:
+            raise ValueError(f"{_CHECKPOINT_KEY} = {path!r}: damaged TorchScript archive ({str(e).splitlines()[0]}); "
+                             f"it should be {_EXPECTED}") from None
+    else:
+        raw = load_checkpoint_file(path, _CHECKPOINT_KEY, _EXPECTED)
     for wrapper in ("state_dict", "model"):
         if isinstance(raw, dict) and isinstance(raw.get(wrapper), dict):
             raw = raw[wrapper]
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(raw).__name__}")
-    return split_in_proj_weights(_strip_to_clip(dict(raw)))
+        raise ValueError(f"{_CHECKPOINT_KEY} = {path!r} holds a {type(raw).__name__}; it should be {_EXPECTED}")
+    try:
+        return split_in_proj_weights(_strip_to_clip(dict(raw)))
+    except ValueError as e:
+        raise ValueError(f"{_CHECKPOINT_KEY} = {path!r}: {e}; it should be {_EXPECTED}") from None
 
 
 def load_clip_weights(model: nn.Module, state_dict: Dict[str, Tensor], source: str = "checkpoint") -> None:
@@ -205,7 +245,7 @@ def load_clip_weights(model: nn.Module, state_dict: Dict[str, Tensor], source: s
 
 
 def is_trainable(name: str, policy: str) -> bool:
-    """Fine-tuning policy for the CLIP parameter ``name`` (catseg.md Sec. 2.1).
+    """Fine-tuning policy for the CLIP parameter ``name`` (cvlab-kaist/CAT-Seg cat_seg/cat_seg_model.py).
 
     "attention": CAT-Seg v2's rule -- trainable iff the name contains ``transformer`` and ``attn`` and
     (``q_proj`` or ``v_proj``): exactly ``attn.q_proj_weight`` / ``attn.v_proj_weight`` of every block of
