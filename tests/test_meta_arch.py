@@ -93,8 +93,10 @@ def test_stage1_trains_tspp_only(synthetic_root):
 
 
 def test_vocabulary_and_bad_input(stage2_model):
-    with pytest.raises(ValueError, match="empty vocabulary"):
+    with pytest.raises(ValueError, match="empty"):
         stage2_model.set_vocabulary([])
+    with pytest.raises(ValueError, match="unique"):
+        stage2_model.set_vocabulary(["sky", "grass", "sky"])
     old = stage2_model.test_class_names
     try:
         stage2_model.set_vocabulary(["cat", "dog", "sky"])

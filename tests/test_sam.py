@@ -258,3 +258,14 @@ def test_variants_without_weights_explain_themselves(tmp_path):
         create_mask_generator("mobile_sam", model_type="vit_t", checkpoint=str(tmp_path / "m.pt"), image_size=1024)
     with pytest.raises(ValueError, match="unknown SAM variant"):
         create_mask_generator("sam3", model_type="tiny", checkpoint="", image_size=128)
+
+
+def test_a_file_that_is_not_a_checkpoint_names_file_and_key(tmp_path):
+    from sam_mi.utils.checkpoint_io import CheckpointFileError
+
+    bad = tmp_path / "sam_vit_b.pth"
+    bad.write_text("<html>404 Not Found</html>")
+    with pytest.raises(CheckpointFileError) as e:
+        load_checkpoint(build_tiny_sam(128), str(bad), "tiny")
+    message = str(e.value)
+    assert str(bad) in message and "MODEL.SAM_MI.SAM.CHECKPOINT" in message and "weights_only" not in message

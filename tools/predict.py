@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from sam_mi import add_sam_mi_config
-from sam_mi.engine.predictor import SAMMIPredictor, check_vocabulary
+from sam_mi.engine.predictor import SAMMIPredictor, check_vocabulary, image_to_tensor
 from sam_mi.utils.visualizer import colorize, draw_feature_maps, draw_panel, figure_maps
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -84,7 +84,6 @@ def main() -> None:
     for path in tqdm(files, desc="images", unit="img"):
         stem = os.path.splitext(os.path.basename(path))[0]
         try:
-            from sam_mi.engine.predictor import image_to_tensor
 
             image = image_to_tensor(path).permute(1, 2, 0).numpy()
             pred = predictor(image, vocabulary)

@@ -25,7 +25,7 @@ from detectron2.data import DatasetMapper, MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from .image_io import read_image
+from .image_io import read_image, read_label
 from .validation import read_checked_label
 from .vocabulary import resolve_vocabulary
 
@@ -164,7 +164,8 @@ class EvalDatasetMapper(DatasetMapper):
 
     Output: the record plus ``"image"`` uint8 Tensor[3, H, W] (resized by MIN_SIZE_TEST / MAX_SIZE_TEST)
     and ``"height"`` / ``"width"`` (the image file's size: predictions are made at that size).  Ground
-    truth is not read here (the evaluators read and check it), so ``sem_seg_file_name`` is dropped.
+    truth is read by the evaluators (which check it), so ``sem_seg_file_name`` is dropped; only the oracle
+    diagnostic (MODEL.SAM_MI.SAM.ORACLE_MASKS) gets ``"sem_seg"`` as well, resized like the image (nearest).
     """
 
     def __init__(self, cfg, is_train: bool = False):
@@ -176,14 +177,20 @@ class EvalDatasetMapper(DatasetMapper):
                 f"got {cfg.INPUT.FORMAT!r}"
             )
         super().__init__(cfg, is_train=False)
+        self.keep_labels = bool(cfg.MODEL.SAM_MI.SAM.ORACLE_MASKS)
 
     def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
         dataset_dict = copy.deepcopy(dataset_dict)
         image = read_image(dataset_dict["file_name"], format=self.image_format)
         utils.check_image_size(dataset_dict, image)  # sets height/width, or checks them against the record
-        aug_input = T.AugInput(image)
+        label = None
+        if self.keep_labels and "sem_seg_file_name" in dataset_dict:
+            label = read_label(dataset_dict["sem_seg_file_name"]).astype(np.float64)  # exact ids, nearest resize
+        aug_input = T.AugInput(image, sem_seg=label)
         self.augmentations(aug_input)
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
+        if label is not None:
+            dataset_dict["sem_seg"] = torch.as_tensor(aug_input.sem_seg.astype(np.int64))
         dataset_dict.pop("sem_seg_file_name", None)
         dataset_dict.pop("annotations", None)
         return dataset_dict

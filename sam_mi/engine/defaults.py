@@ -1,5 +1,4 @@
 """Config set-up and the train / evaluate entry point behind tools/train_net.py."""
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_setup
 from detectron2.evaluation import verify_results
@@ -7,6 +6,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_sam_mi_config
+from ..utils.checkpoint_io import CheckedCheckpointer
 from .trainer import Trainer
 
 
@@ -30,7 +30,7 @@ def train_or_evaluate(args):
     torch.set_float32_matmul_precision("high")
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        CheckedCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = Trainer.test(cfg, model)
         if comm.is_main_process() and len(cfg.DATASETS.TEST) == 1:
             verify_results(cfg, res)  # checks TEST.EXPECTED_RESULTS when given

@@ -18,9 +18,12 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from torch import Tensor
+
+from ..data.image_io import read_image
+from ..data.vocabulary import validate_vocabulary
+from ..utils.checkpoint_io import CheckedCheckpointer
 
 ImageInput = Union[str, os.PathLike, np.ndarray, Tensor]
 
@@ -41,24 +44,17 @@ class Prediction:
 
 
 def check_vocabulary(vocabulary: Sequence[str]) -> List[str]:
-    """A non-empty list of unique, non-empty class names (stripped), or a ValueError saying what is wrong."""
-    if isinstance(vocabulary, str):
-        raise ValueError(f"vocabulary must be a list of class names, got the string {vocabulary!r}")
-    names = [str(n).strip() for n in vocabulary]
-    if not names or any(not n for n in names):
-        raise ValueError(f"vocabulary must hold at least one non-empty class name, got {list(vocabulary)!r}")
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"vocabulary names must be unique; repeated: {duplicates}")
-    return names
+    """A non-empty list of unique, non-empty class names (surrounding spaces removed), or a ValueError saying
+    what is wrong (sam_mi/data/vocabulary.py's one validation)."""
+    if isinstance(vocabulary, (list, tuple)):
+        vocabulary = [n.strip() if isinstance(n, str) else n for n in vocabulary]
+    return validate_vocabulary(vocabulary, "the vocabulary")
 
 
 def image_to_tensor(image: ImageInput) -> Tensor:
     """A path, an HxWx3 / HxW uint8 array (RGB) or a [3, H, W] tensor -> uint8 tensor [3, H, W] RGB."""
     if isinstance(image, (str, os.PathLike)):
-        from detectron2.data.detection_utils import read_image
-
-        image = read_image(str(image), format="RGB")
+        image = read_image(str(image), format="RGB")  # 16-bit scaled, grey/RGBA converted, file named on errors
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
             image = np.repeat(image[:, :, None], 3, axis=2)
@@ -85,7 +81,7 @@ class SAMMIPredictor:
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg).eval()
         if cfg.MODEL.WEIGHTS:
-            DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+            CheckedCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
         self.capture_figures = capture_figures
 
     @torch.inference_mode()

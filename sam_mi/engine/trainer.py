@@ -1,10 +1,11 @@
 """detectron2's DefaultTrainer with SAM-MI's data, optimizer, schedule, DDP wrapper and evaluation."""
 import logging
 import os
+import weakref
 from collections import OrderedDict
 
 import torch
-from detectron2.data import get_detection_dataset_dicts
+from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.engine import defaults as d2_defaults
 from detectron2.solver import build_lr_scheduler
@@ -13,10 +14,14 @@ from detectron2.utils import comm
 from fvcore.common.param_scheduler import PolynomialDecayParamScheduler
 from torch.nn.parallel import DistributedDataParallel
 
-from ..data.dataset_mapper import SemanticDatasetMapper
+from detectron2.evaluation import DatasetEvaluators
+
+from ..data.dataset_mapper import EvalDatasetMapper, SemanticDatasetMapper
 from ..data.train_stream import build_resumable_train_loader
-from ..data.vocabulary import dataset_vocabulary
+from ..data.vocabulary import resolve_vocabulary
 from ..evaluation import build_evaluator
+from ..evaluation.sam_mi_stats import SAMMIStatsEvaluator
+from ..utils.checkpoint_io import CheckedCheckpointer, CheckpointFileError
 from ..utils.rng import preserved_rng, restore_rng_state
 from .hooks import RNGStateHook
 from .optimizer import build_optimizer, unwrap
@@ -41,6 +46,8 @@ class Trainer(DefaultTrainer):
         finally:
             d2_defaults.create_ddp_model = d2_create_ddp_model
         self.rng_states = None
+        # loading names the file and the key when MODEL.WEIGHTS or a checkpoint to resume is not a checkpoint
+        self.checkpointer = CheckedCheckpointer(self._trainer.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
 
     def build_hooks(self):
         """detectron2's hooks, with the random states gathered right before each checkpoint."""
@@ -69,7 +76,12 @@ class Trainer(DefaultTrainer):
         """Load MODEL.WEIGHTS, or resume from the last checkpoint of OUTPUT_DIR: model, optimizer, scheduler,
         iteration, the data stream's position and every rank's random-number states."""
         self._resume_state = None
-        super().resume_or_load(resume=resume)
+        try:
+            super().resume_or_load(resume=resume)
+        except CheckpointFileError as e:
+            if not resume or not self.checkpointer.has_checkpoint():
+                raise
+            self._resume_from_previous(e)
         state = self._resume_state
         if not resume or state is None:
             return
@@ -87,11 +99,35 @@ class Trainer(DefaultTrainer):
                                "reused", len(states), comm.get_world_size(), rank % len(states))
             restore_rng_state(states[rank % len(states)])
 
+    def _resume_from_previous(self, error: CheckpointFileError) -> None:
+        """The last checkpoint cannot be read (a run killed while writing it, a full disk): resume from the
+        newest one that can, with a warning naming the damaged file; stop if none can."""
+        damaged = self.checkpointer.get_checkpoint_file()
+        candidates = sorted(self.checkpointer.get_all_checkpoint_files(), key=os.path.getmtime, reverse=True)
+        for path in candidates:
+            if os.path.abspath(path) == os.path.abspath(damaged):
+                continue
+            try:
+                self.checkpointer.load(path)
+            except CheckpointFileError:
+                continue
+            logger.warning("resume: %s is damaged (%s); resumed from %s instead", damaged, error, path)
+            self.start_iter = self.iter + 1
+            return
+        raise CheckpointFileError(f"cannot resume: {error}; no earlier checkpoint in {self.cfg.OUTPUT_DIR} could "
+                                  "be read (delete the damaged file and its 'last_checkpoint' entry to start over)")
+
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        """The dataset's metric evaluator, plus SAM-MI's points / masks per image (Table 6)."""
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return build_evaluator(cfg, dataset_name, output_folder)
+        return DatasetEvaluators([build_evaluator(cfg, dataset_name, output_folder), SAMMIStatsEvaluator()])
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        """Images through the project's reader (sam_mi/data/image_io.py: files named on any error)."""
+        return build_detection_test_loader(cfg, dataset_name, mapper=EvalDatasetMapper(cfg))
 
     def build_train_loader(self, cfg, start_iter: int = 0, seed=None):
         """Batches from iteration ``start_iter`` on (sam_mi/data/train_stream.py: each sample's augmentation
@@ -126,7 +162,7 @@ class Trainer(DefaultTrainer):
             raise ValueError("SAM-MI builds one evaluator per dataset; call test() without evaluators")
         results = OrderedDict()
         for name in cfg.DATASETS.TEST:
-            unwrap(model).set_vocabulary(dataset_vocabulary(name))
+            unwrap(model).set_vocabulary(resolve_vocabulary(name, cfg.MODEL.SAM_MI.VOCABULARY_JSON))
             sub = cfg.clone()
             sub.defrost()
             sub.DATASETS.TEST = (name,)

@@ -7,7 +7,6 @@ Each stage is built by its registry from the config (prompter.py, sam/registry.p
 SAM parts off it is the CAT-Seg (v2) baseline, and a CAT-Seg checkpoint converted by
 ``tools/convert_catseg_checkpoint.py`` loads into it.
 """
-import json
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -16,7 +15,7 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import Tensor, nn
 
-from ..data.vocabulary import dataset_vocabulary
+from ..data.vocabulary import resolve_vocabulary, validate_vocabulary
 from ..utils.events import storage_put
 from ..utils.stage_timer import stage
 from .aggregator import cost_volume
@@ -156,10 +155,7 @@ class SAMMI(nn.Module):
 
     def set_vocabulary(self, class_names: Sequence[str]) -> None:
         """Set the classes predicted at test time (one cached text embedding per vocabulary)."""
-        names = [str(n) for n in class_names]
-        if not names:
-            raise ValueError("empty vocabulary: give at least one class name (dataset stuff_classes or VOCABULARY_JSON)")
-        self.test_class_names = names
+        self.test_class_names = validate_vocabulary(list(class_names), "SAMMI.set_vocabulary")
 
     # ------------------------------------------------------------------ forward
     def forward(self, batched_inputs: List[Dict], keep_intermediates: bool = False):
@@ -317,11 +313,6 @@ def check_image(image: Tensor) -> None:
 
 
 def _vocabulary(cfg, dataset_names: Sequence[str]) -> List[str]:
-    """Class names from MODEL.SAM_MI.VOCABULARY_JSON, else from the first dataset's metadata."""
-    path = cfg.MODEL.SAM_MI.VOCABULARY_JSON
-    if path:
-        with open(path) as f:
-            return list(json.load(f))
-    if not dataset_names:
-        raise ValueError("no dataset to take the vocabulary from: set DATASETS.TRAIN/TEST or VOCABULARY_JSON")
-    return dataset_vocabulary(dataset_names[0])
+    """Class names from MODEL.SAM_MI.VOCABULARY_JSON, else from the first dataset's metadata, validated once
+    (sam_mi/data/vocabulary.py: unique names, as many as the dataset's label ids)."""
+    return resolve_vocabulary(dataset_names[0] if len(dataset_names) else None, cfg.MODEL.SAM_MI.VOCABULARY_JSON)

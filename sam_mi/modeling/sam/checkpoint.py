@@ -8,6 +8,8 @@ from typing import Dict, Mapping, Optional
 import torch
 from torch import nn
 
+from ...utils.checkpoint_io import load_checkpoint_file
+
 CONFIG_KEY = "MODEL.SAM_MI.SAM.CHECKPOINT"
 
 SAM_CHECKPOINT_URLS: Dict[str, str] = {
@@ -70,7 +72,10 @@ def load_checkpoint(
     `strict=False` is for variants whose official loader is non-strict (HQ-SAM), shape checks still apply.
     """
     require_checkpoint(checkpoint, model_type, variant, url)
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = load_checkpoint_file(
+        checkpoint, CONFIG_KEY, f"a {variant} checkpoint of model type '{model_type}'"
+        + (f" (the official one: {url})" if url else "")
+    )
     for wrapper in ("model", "state_dict"):  # SAM2 / training checkpoints wrap the weights
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
