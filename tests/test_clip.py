@@ -112,7 +112,7 @@ def test_adamw_weight_decay_does_not_move_k():
 
 
 def test_full_size_parameter_counts():
-    # catseg.md Sec. 3 [verified]: CLIP 149,620,737 (B/16) / 427,944,193 (L/14@336); trainable Q/V
+    # the released CAT-Seg models' CLIP: 149,620,737 (B/16) / 427,944,193 (L/14@336); trainable Q/V
     # 48 tensors 20,447,232 / 72 tensors 64,487,424; 350 / 518 state-dict keys.
     for name, total, trainable, tensors, keys in [
         ("ViT-B-16", 149_620_737, 20_447_232, 48, 350),
@@ -128,7 +128,7 @@ def test_full_size_parameter_counts():
 
 # ---------------------------------------------------------------------------------------------- image side
 def _reference_dense(clip: DenseCLIP, images: torch.Tensor, res: int):
-    """Straight from catseg.md Sec. 2.1 / CAT-Seg model_vpt (LND layout, fused in_proj, own attention)."""
+    """Straight from cvlab-kaist/CAT-Seg cat_seg/third_party/model_vpt.py (LND layout, fused in_proj, own attention)."""
     sd = {k: v.detach() for k, v in clip.model.visual.state_dict().items()}
     heads, width, patch = 4, 64, 16
     ln = lambda x, p: F.layer_norm(x, (width,), sd[p + ".weight"], sd[p + ".bias"])  # noqa: E731
