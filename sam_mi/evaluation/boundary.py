@@ -84,10 +84,10 @@ class BoundaryIoUEvaluator:
         self.metric = BoundaryIoU(self.num_classes, self.ignore_value)
 
     def process(self, inputs, outputs) -> None:
-        from .build import load_sem_seg_gt
+        from ..data.image_io import read_label
 
         for x, out in zip(inputs, outputs):
-            gt = torch.as_tensor(load_sem_seg_gt(self.gt_files[x["file_name"]], dtype=np.int64))
+            gt = torch.as_tensor(read_label(self.gt_files[x["file_name"]]).astype(np.int64))
             self.metric.update(out["sem_seg"].argmax(0).cpu(), gt)
 
     def evaluate(self) -> Dict[str, Dict[str, float]]:
