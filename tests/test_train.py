@@ -89,7 +89,7 @@ def test_tiny_baseline_learns_the_synthetic_set(synthetic_root, tmp_path):
 
 
 def test_demo_runs_end_to_end(tmp_path):
-    """The `make demo` entry point, shortened: stage 1 -> stage 2 -> evaluation -> table and picture."""
+    """The `make demo` entry point, shortened: baseline, stage 1, stage 2 -> the effect table and pictures."""
     env = dict(os.environ, PYTHONPATH=REPO)
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "tools/demo.py"), "--output-dir", str(tmp_path),
@@ -97,9 +97,13 @@ def test_demo_runs_end_to_end(tmp_path):
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "mIoU" in proc.stdout
-    assert os.path.getsize(tmp_path / "predictions.png") > 1000
-    assert (tmp_path / "stage1" / "model_final.pth").exists() and (tmp_path / "stage2" / "model_final.pth").exists()
+    table = (tmp_path / "results.md").read_text()
+    for row in ("CAT-Seg baseline", "SAM-MI, TSPP", "SAM-MI, grid", "SAM-MI, random-64", "SAM-MI, oracle masks"):
+        assert row in table and row in proc.stdout
+    assert "boundary IoU" in table
+    assert os.path.getsize(tmp_path / "predictions.png") > 1000 and os.path.getsize(tmp_path / "panel.png") > 1000
+    for stage in ("baseline", "stage1", "stage2"):
+        assert (tmp_path / stage / "model_final.pth").exists()
 
 
 def test_eval_only_command_line(synthetic_root, tmp_path):
