@@ -15,7 +15,9 @@ from sam_mi.modeling.layers import (
     ClassTransformerLayer,
     GuidedSwinBlock,
     full_attention,
+    full_attention_padded,
     linear_attention,
+    linear_attention_padded,
     shifted_window_mask,
     window_partition,
     window_reverse,
@@ -116,6 +118,20 @@ def test_linear_attention_matches_naive():
     torch.testing.assert_close(big, naive_linear_attention(q, k, v, eps=10.0), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("n_pad", [0, 1, 7])
+def test_padded_attention_equals_attention_over_the_padded_sequence(n_pad):
+    """The padding enters as one key/value pair of multiplicity n_pad (linear: in the sums; softmax: log n_pad)."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 5, 2, 4), torch.randn(3, 5, 2, 4), torch.randn(3, 5, 2, 6)
+    k_pad, v_pad = torch.randn(2, 4), torch.randn(2, 6)
+    k_full = torch.cat([k, k_pad.expand(3, n_pad, 2, 4)], 1)
+    v_full = torch.cat([v, v_pad.expand(3, n_pad, 2, 6)], 1)
+    torch.testing.assert_close(
+        linear_attention_padded(q, k, v, k_pad, v_pad, n_pad), naive_linear_attention(q, k_full, v_full)
+    )
+    torch.testing.assert_close(full_attention_padded(q, k, v, k_pad, v_pad, n_pad), full_attention(q, k_full, v_full))
+
+
 def test_full_attention_matches_softmax():
     torch.manual_seed(0)
     q, k, v = torch.randn(3, 7, 2, 5), torch.randn(3, 9, 2, 5), torch.randn(3, 9, 2, 4)
@@ -174,6 +190,18 @@ def test_aggregator_matches_naive_catseg(T, pool, P):
     inputs = tiny_inputs(2, T, P=P, seed=5)
     out = m(*inputs)
     torch.testing.assert_close(out, naive_aggregator(m, *inputs), rtol=1e-4, atol=1e-4)
+
+
+def test_class_chunks_give_the_same_logits():
+    m = Aggregator(**TINY)
+    randomise_(m, 4)
+    inputs = tiny_inputs(2, 7, seed=3)
+    with torch.no_grad():
+        whole = m(*inputs)
+        m.class_chunk = 3  # chunks of 3, 3 and 1 classes
+        torch.testing.assert_close(m(*inputs), whole, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="class_chunk"):
+        Aggregator(**TINY, class_chunk=-1)
 
 
 def test_output_shape_small_vocabulary():
