@@ -213,3 +213,17 @@ def test_extreme_aspect_ratios_never_resize_to_zero():
     assert torch.isfinite(emb).all()
     masks, scores = gen.generate(emb[0], torch.tensor([[0.5, 0.5], [0.2, 0.9]]), (2000, 3), (250, 3))
     assert masks.shape[1:] == (250, 3) and scores.shape == (masks.shape[0],)
+
+
+def test_hq_sam_encoder_is_patched_too():
+    pytest.importorskip("segment_anything_hq", reason="optional variant: pip install segment-anything-hq")
+    import segment_anything_hq
+
+    torch.manual_seed(0)
+    hq = build_tiny_sam(128, sam_module=segment_anything_hq, hq=True)
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        ref, _ = hq.image_encoder(x)
+        assert apply_sam_fast_path(hq, sdpa=True) == 2
+        out, _ = hq.image_encoder(x)
+    assert (out - ref).abs().max() < 1e-5

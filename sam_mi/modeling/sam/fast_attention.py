@@ -25,6 +25,7 @@ A new segment-anything release is checked in two ways:
   attention (new bias, scale, layout) fails loudly at build time instead of silently computing something else.
 """
 
+import sys
 from typing import Dict, List, Optional, Tuple, Type
 
 import torch
@@ -92,12 +93,11 @@ def patchable_attention_classes() -> List[Type[nn.Module]]:
     from segment_anything.modeling.image_encoder import Attention
 
     classes: List[Type[nn.Module]] = [Attention]
-    try:  # optional package (SAM variant "hq_sam")
-        from segment_anything_hq.modeling.image_encoder import Attention as HQAttention
-
-        classes.append(HQAttention)
-    except ImportError:
-        pass
+    # HQ-SAM (optional package): a model holding its modules has imported it; importing it here would only
+    # slow down every build (and re-register its timm models).
+    hq = sys.modules.get("segment_anything_hq.modeling.image_encoder")
+    if hq is not None:
+        classes.append(hq.Attention)
     return classes
 
 
