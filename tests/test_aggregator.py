@@ -260,3 +260,13 @@ def test_bad_inputs_raise():
         m(img, text, app, dec[::-1])
     with pytest.raises(ValueError, match="prompt_channel"):
         m(img, text.expand(-1, -1, 2, -1), app, dec)
+
+
+@pytest.mark.parametrize("T", [5, 13])  # padded class attention / top-k branch
+def test_no_tensor_is_created_off_the_input_device(T):
+    """On the meta device any tensor made without device= (an index, a mask, a bias) would be a CPU tensor and the
+    forward would raise: the CPU-side check that the GPU path keeps every tensor on the input's device."""
+    m = Aggregator(**TINY).to("meta")
+    img, text, app, dec = tiny_inputs(1, T)
+    out = m(img.to("meta"), text.to("meta"), app.to("meta"), [d.to("meta") for d in dec])
+    assert out.shape == (1, T, 32, 32) and out.device.type == "meta"

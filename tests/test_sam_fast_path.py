@@ -227,3 +227,21 @@ def test_hq_sam_encoder_is_patched_too():
         assert apply_sam_fast_path(hq, sdpa=True) == 2
         out, _ = hq.image_encoder(x)
     assert (out - ref).abs().max() < 1e-5
+
+
+def test_fast_paths_create_no_tensor_off_the_model_device():
+    """On the meta device a tensor made without device= would be a CPU tensor and raise (GPU safety, on a CPU)."""
+    torch.manual_seed(0)
+    sam = build_tiny_sam(128)
+    apply_sam_fast_path(sam, sdpa=True)
+    fast = FastPointDecoder(sam.mask_decoder)
+    coords, labels = torch.rand(3, 1, 2) * 128, torch.ones(3, 1, dtype=torch.int)
+    with torch.no_grad():
+        sparse, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        pe = sam.prompt_encoder.get_dense_pe()
+        sam.to("meta")
+        assert sam.image_encoder(torch.randn(1, 3, 128, 128, device="meta")).shape == (1, 32, 8, 8)
+        state = fast.prepare(torch.randn(1, 32, 8, 8, device="meta"), pe.to("meta"), dense[:1].to("meta"))
+        for select, n in (("all", 3), ("amg", 9), ("best", 3), ("single", 3)):
+            masks, iou = fast(state, sparse.to("meta"), select, region=(5, 7))
+            assert masks.device.type == "meta" and masks.shape[0] == n and masks.shape[-2:] == (20, 28)
