@@ -172,9 +172,15 @@ class AttentionLayer(nn.Module):
         """
         B, M, L, C = x.shape
         h = self.nheads
-        q = self._guided_linear(self.q, x, guidance).reshape(B * M, L, h, C // h)
-        k = self._guided_linear(self.k, x, guidance).reshape(B * M, L, h, C // h)
-        v = self.v(x).reshape(B * M, L, h, C // h)
+        # q, k and v in one GEMM; the guidance half of q and k once per image, added in place over the M pixels
+        weight = torch.cat([self.q.weight[:, :C], self.k.weight[:, :C], self.v.weight])
+        qkv = F.linear(x, weight, torch.cat([self.q.bias, self.k.bias, self.v.bias]))  # [B, M, L, 3C]
+        if self.guidance_dim > 0:
+            if guidance is None:
+                raise ValueError("this layer was built with a text guidance dim > 0: pass the text guidance")
+            g = F.linear(guidance, torch.cat([self.q.weight[:, C:], self.k.weight[:, C:]]))  # [B, L, 2C]
+            qkv[..., : 2 * C] += g.unsqueeze(1)
+        q, k, v = qkv.reshape(B * M, L, 3, h, C // h).unbind(2)  # [B*M, L, h, d] views
         if padding is None or padding[2] == 0:
             return self.attention(q, k, v).reshape(B, M, L, C)
         token, pad_guidance, n_pad = padding
