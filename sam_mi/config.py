@@ -69,6 +69,10 @@ def add_sam_mi_config(cfg: CN) -> None:
     s.AGGREGATOR.ATTENTION_TYPE = "linear"  # "linear" or "full"
     # class aggregation pads to / selects the top-k of this many classes.
     s.AGGREGATOR.PAD_LEN = 256
+    # classes per chunk in the per-class parts of the aggregator (Swin blocks, decoder) and as many tokens per
+    # chunk in its class attention; 0 = all at once. Same result; a cache-sized working set (sam_mi/modeling/
+    # aggregator.py, tools/benchmark_aggregator.py).
+    s.AGGREGATOR.CLASS_CHUNK = 16
 
     # ---------------------------------------------------------------- TSPP (Sec. 3.2)
     s.TSPP = CN()

@@ -192,13 +192,23 @@ def test_aggregator_matches_naive_catseg(T, pool, P):
     torch.testing.assert_close(out, naive_aggregator(m, *inputs), rtol=1e-4, atol=1e-4)
 
 
+def test_even_chunks_cover_the_range():
+    from sam_mi.modeling.layers.class_attention import even_chunks
+
+    assert [(c.start, c.stop) for c in even_chunks(20, 16)] == [(0, 10), (10, 20)]
+    assert [(c.start, c.stop) for c in even_chunks(5, 16)] == [(0, 5)]
+    assert sum(c.stop - c.start for c in even_chunks(171, 16)) == 171 and len(even_chunks(171, 16)) == 11
+
+
 def test_class_chunks_give_the_same_logits():
     m = Aggregator(**TINY)
     randomise_(m, 4)
     inputs = tiny_inputs(2, 7, seed=3)
     with torch.no_grad():
+        m.class_chunk = 0
         whole = m(*inputs)
-        m.class_chunk = 3  # chunks of 3, 3 and 1 classes
+        m.class_chunk = 3  # chunks of 3, 2 and 2 classes; class attention on 3 * 64 tokens = 27 sequences of 7
+        assert all(layer.attention.chunk_tokens == 3 * 64 for layer in m.layers)
         torch.testing.assert_close(m(*inputs), whole, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="class_chunk"):
         Aggregator(**TINY, class_chunk=-1)

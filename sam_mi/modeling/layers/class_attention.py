@@ -29,7 +29,7 @@ once per image and broadcast (``W [x; g] + b = W_x x + (W_g g + b)``) instead of
 Layout: channel-last ``[B, T, H, W, C]``.
 """
 import math
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -194,6 +194,13 @@ class AttentionLayer(nn.Module):
         return out.reshape(B, M, L, C)
 
 
+def even_chunks(n: int, size: int) -> List[slice]:
+    """Slices cutting range(n) into ceil(n / size) chunks of (nearly) equal length, none longer than ``size``."""
+    count = -(-n // max(1, size))
+    bounds = [n * i // count for i in range(count + 1)]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 class ClassTransformerLayer(nn.Module):
     """Pooled class-axis transformer with learned padding (CAT-Seg ``ClassTransformerLayer``).
 
@@ -201,6 +208,8 @@ class ClassTransformerLayer(nn.Module):
         hidden_dim: C. guidance_dim: text guidance channels Cg. nheads: heads. attention_type: "linear" | "full".
         pooling_size: (ph, pw) average pooling before attention (None or (1, 1) = none); may be reassigned
             after construction. pad_len: sequences are padded with learned tokens to this length (0 disables).
+        chunk_tokens: > 0 runs attention and MLP on chunks of about this many tokens (whole pooled-pixel
+            sequences); same result, smaller working set. May be reassigned after construction.
     """
 
     def __init__(
@@ -211,8 +220,10 @@ class ClassTransformerLayer(nn.Module):
         attention_type: str = "linear",
         pooling_size: Optional[Sequence[int]] = (4, 4),
         pad_len: int = 256,
+        chunk_tokens: int = 0,
     ) -> None:
         super().__init__()
+        self.chunk_tokens = int(chunk_tokens)
         self.pooling_size: Optional[Tuple[int, int]] = tuple(pooling_size) if pooling_size is not None else None
         self.attention = AttentionLayer(hidden_dim, guidance_dim, nheads=nheads, attention_type=attention_type)
         self.MLP = nn.Sequential(
@@ -253,9 +264,12 @@ class ClassTransformerLayer(nn.Module):
                 pad_guidance = self.padding_guidance.reshape(-1).to(guidance.dtype)
             padding = (token, pad_guidance, self.pad_len - T)
         seq = x_pool.permute(0, 2, 3, 1, 4).reshape(B, Hp * Wp, T, C)  # one class sequence per pooled pixel
-        seq = seq + self.attention(self.norm1(seq), guidance, padding)
-        seq = seq + self.MLP(self.norm2(seq))
-        seq = seq.reshape(B, Hp, Wp, T, C)
+        parts = []
+        for chunk in even_chunks(Hp * Wp, max(1, self.chunk_tokens // T) if self.chunk_tokens > 0 else Hp * Wp):
+            s = seq[:, chunk]  # sequences are independent: pixel chunks keep the working set in cache
+            s = s + self.attention(self.norm1(s), guidance, padding)
+            parts.append(s + self.MLP(self.norm2(s)))
+        seq = (torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]).reshape(B, Hp, Wp, T, C)
         if (Hp, Wp) != (H, W):
             # channels-last interpolation: one copy to bring the classes in front, no layout change after
             up = seq.permute(0, 3, 1, 2, 4).reshape(B * T, Hp, Wp, C).permute(0, 3, 1, 2)
