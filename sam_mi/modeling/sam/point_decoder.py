@@ -8,12 +8,13 @@ Masks per point (`masks_per_point`). The paper says "each point generates a sing
 Sec. 4.3, Table 9), while AMG keeps SAM's three multimask candidates per point. Options:
 - "best" (default, the paper): decode the three multimask candidates and keep the one with the highest
   predicted IoU, then apply the AMG filters to it. This is segment-anything's own recommendation for an
-  ambiguous single click (`SamPredictor.predict`: "For ambiguous input prompts (such as a single click), this
-  will often produce better masks than a single prediction. If only a single mask is needed, the model's
-  predicted quality score can be used to select the best mask"). Selection happens before the filters, as in
-  the predictor: a point whose best mask is unstable yields nothing rather than a lower-ranked candidate.
-- "single": SAM's single-output token (`multimask_output=False`), which SAM's authors describe as meant for
-  unambiguous (multi-point) prompts; kept for comparison.
+  ambiguous single click (segment_anything/predictor.py, `SamPredictor.predict`: "For ambiguous input prompts
+  (such as a single click), this will often produce better masks than a single prediction. If only a single
+  mask is needed, the model's predicted quality score can be used to select the best mask"). Selection
+  happens before the filters, as in the predictor: a point whose best mask is unstable yields nothing rather
+  than a lower-ranked candidate (and only the kept candidate's logits are computed).
+- "single": SAM's single-output token (`multimask_output=False`), which the same docstring reserves for
+  "non-ambiguous prompts, such as multiple input prompts"; kept for comparison.
 - "amg": all three candidates per point, as SamAutomaticMaskGenerator.
 
 Resolution choice (deviation from AMG, on purpose): AMG upsamples every candidate's 256×256 low-res logits to
@@ -25,10 +26,11 @@ resized image). Only the survivors are resampled — one bilinear sample of the 
 scores at low res are coarser by 4× per side than AMG's, so the same thresholds keep slightly different sets;
 IoU-based NMS is scale invariant up to rounding of box edges.
 
-Fast paths (switches, on by default): `fast_decoder` decodes segment-anything's `MaskDecoder` through
-`FastPointDecoder` (fast_decoder.py: per-image work shared across prompts and chunks, only the kept
-candidate's logits and only the rows/columns of the image region computed); `amp` runs the image encoder
-under autocast (`fast_attention.amp_dtype`), the embedding is returned in float32.
+Fast paths: `fast_decoder` (on by default) decodes segment-anything's `MaskDecoder` through `FastPointDecoder`
+(fast_decoder.py: per-image work shared across prompts and chunks, only the kept candidate's logits and only
+the rows/columns of the image region computed; same masks to float rounding); `amp` (off by default: ~1e-2 of
+the embedding's range) runs the image encoder under autocast (`fast_attention.amp_dtype`), the embedding is
+returned in float32. The encoder's SDPA attention is patched into the model by `apply_sam_fast_path`.
 """
 
 import contextlib
@@ -168,7 +170,7 @@ def check_generate_args(
 class PointPromptedSAM(nn.Module):
     """Frozen SAM (segment-anything `Sam`) decoding masks from point prompts; see the module docstring.
 
-    Subclasses (variants.py) override `_embed` and `_decode` (and `preserve_aspect` / normalisation) to wrap
+    Subclasses (hq_sam.py, sam2_image.py, mobile_sam.py, fast_sam.py) override `_embed` and `_decode` (and `preserve_aspect` / normalisation) to wrap
     other SAM-like models behind the same `encode` / `generate` interface; the fast decoder is used only by
     this class's own `_decode` (segment-anything's `MaskDecoder`).
 
