@@ -18,8 +18,12 @@ function (same modules, same weights) with the same layers and a different order
 3. Image→token attention: scores (X W_q,hᵀ + b_q,h) K_hᵀ = X (W_q,hᵀ K_hᵀ) + b_q,h K_hᵀ, and the output
    projection is folded into the values, Σ_h A_h (V_h W_o,hᵀ) + b_o, so no N×D tensor is formed either.
 
-Per prompt this is ~0.42 G multiply-adds in the transformer instead of ~1.34 G; the output upscaling
-(ConvTranspose ×2, unchanged) is then the largest part. The results equal the original to float rounding
+4. Output: the two ConvTranspose2d(k=2, s=2) of `output_upscaling` run as per-pixel GEMMs on the tokens in
+   place (`_upscaled_masks`), only the mask logits that are kept (`select`: the best candidate, the single
+   output, or all) are formed, and only over the top-left `region` of the grid that holds the image.
+
+Per prompt this is ~0.42 G multiply-adds in the transformer instead of ~1.34 G; the output upscaling (~0.4 G,
+unchanged in amount) is then the largest part. The results equal the original to float rounding
 (reassociated sums); tests/test_sam_fast_path.py compares logits and IoU predictions with
 `MaskDecoder.forward`, and `check_fast_decoder` runs the same comparison on a tiny random input when the
 fast decoder is built, so a segment-anything release that changes the decoder fails loudly.
