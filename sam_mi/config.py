@@ -71,6 +71,10 @@ def add_sam_mi_config(cfg: CN) -> None:
     s.AGGREGATOR.ATTENTION_TYPE = "linear"  # "linear" or "full"
     # class aggregation pads to / selects the top-k of this many classes.
     s.AGGREGATOR.PAD_LEN = 256
+    # classes per chunk in the per-class parts of the aggregator (Swin blocks, decoder) and as many tokens per
+    # chunk in its class attention; 0 = all at once. Same result; a cache-sized working set (sam_mi/modeling/
+    # aggregator.py, tools/benchmark_aggregator.py).
+    s.AGGREGATOR.CLASS_CHUNK = 16
 
     # ---------------------------------------------------------------- TSPP (Sec. 3.2)
     s.TSPP = CN()
@@ -115,6 +119,21 @@ def add_sam_mi_config(cfg: CN) -> None:
     s.SAM.STABILITY_SCORE_THRESH = 0.95
     s.SAM.STABILITY_SCORE_OFFSET = 1.0
     s.SAM.BOX_NMS_THRESH = 0.7
+    # masks kept per point (sam_mi/modeling/sam/point_decoder.py): "best" = the paper's "each point generates
+    # a single mask" (Sec. 4.3): SAM's 3 candidates, the one with the highest predicted IoU; "single" = SAM's
+    # single-output token; "amg" = all 3 candidates, as SAM's automatic mask generator.
+    s.SAM.MASKS_PER_POINT = "best"
+    # fast paths (same outputs to float rounding, checked against segment-anything when built):
+    # encoder attention through fused scaled_dot_product_attention (sam/fast_attention.py) ...
+    s.SAM.SDPA = True
+    # ... and the mask decoder's per-image work shared across points (sam/fast_decoder.py).
+    s.SAM.FAST_DECODER = True
+    # autocast of the frozen image encoder (bf16 on CPU and on CUDA where supported, else fp16); off by
+    # default: embeddings differ by ~1e-2 of their range from fp32 (tests/test_sam_fast_path.py).
+    s.SAM.AMP = False
+    # folder of the SAM image-embedding cache for repeated evaluations ("" = off; never used in training),
+    # sam/embedding_cache.py.
+    s.SAM.EMBEDDING_CACHE = ""
 
     # ---------------------------------------------------------------- cost head (Sec. 3.4 + CAT-Seg)
     s.COST_HEAD = CN()

@@ -1,5 +1,6 @@
-"""Naive CAT-Seg reference implementations and fixtures for tests/test_aggregator.py (written from
-catseg.md: explicit loops and repeated guidance, the way CAT-Seg computes them)."""
+"""Naive CAT-Seg reference implementations and fixtures for tests/test_aggregator.py, written from CAT-Seg's code
+(cvlab-kaist/CAT-Seg cat_seg/modeling/transformer/model.py): explicit loops, guidance repeated per class and
+concatenated, sequences padded with the learned padding tokens, the way CAT-Seg computes them."""
 import math
 
 import torch
@@ -179,7 +180,7 @@ def naive_aggregator(m: Aggregator, img, text, app, dec):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# parameter layout (catseg.md §3)
+# parameter layout (CAT-Seg's Aggregator, keys under sem_seg_head.predictor.transformer. in its checkpoints)
 # ------------------------------------------------------------------------------------------------------------
 def expected_catseg_keys(d: int = 512):
     exp = {}

@@ -15,7 +15,9 @@ from sam_mi.modeling.layers import (
     ClassTransformerLayer,
     GuidedSwinBlock,
     full_attention,
+    full_attention_padded,
     linear_attention,
+    linear_attention_padded,
     shifted_window_mask,
     window_partition,
     window_reverse,
@@ -116,6 +118,20 @@ def test_linear_attention_matches_naive():
     torch.testing.assert_close(big, naive_linear_attention(q, k, v, eps=10.0), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("n_pad", [0, 1, 7])
+def test_padded_attention_equals_attention_over_the_padded_sequence(n_pad):
+    """The padding enters as one key/value pair of multiplicity n_pad (linear: in the sums; softmax: log n_pad)."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 5, 2, 4), torch.randn(3, 5, 2, 4), torch.randn(3, 5, 2, 6)
+    k_pad, v_pad = torch.randn(2, 4), torch.randn(2, 6)
+    k_full = torch.cat([k, k_pad.expand(3, n_pad, 2, 4)], 1)
+    v_full = torch.cat([v, v_pad.expand(3, n_pad, 2, 6)], 1)
+    torch.testing.assert_close(
+        linear_attention_padded(q, k, v, k_pad, v_pad, n_pad), naive_linear_attention(q, k_full, v_full)
+    )
+    torch.testing.assert_close(full_attention_padded(q, k, v, k_pad, v_pad, n_pad), full_attention(q, k_full, v_full))
+
+
 def test_full_attention_matches_softmax():
     torch.manual_seed(0)
     q, k, v = torch.randn(3, 7, 2, 5), torch.randn(3, 9, 2, 5), torch.randn(3, 9, 2, 4)
@@ -176,6 +192,28 @@ def test_aggregator_matches_naive_catseg(T, pool, P):
     torch.testing.assert_close(out, naive_aggregator(m, *inputs), rtol=1e-4, atol=1e-4)
 
 
+def test_even_chunks_cover_the_range():
+    from sam_mi.modeling.layers.class_attention import even_chunks
+
+    assert [(c.start, c.stop) for c in even_chunks(20, 16)] == [(0, 10), (10, 20)]
+    assert [(c.start, c.stop) for c in even_chunks(5, 16)] == [(0, 5)]
+    assert sum(c.stop - c.start for c in even_chunks(171, 16)) == 171 and len(even_chunks(171, 16)) == 11
+
+
+def test_class_chunks_give_the_same_logits():
+    m = Aggregator(**TINY)
+    randomise_(m, 4)
+    inputs = tiny_inputs(2, 7, seed=3)
+    with torch.no_grad():
+        m.class_chunk = 0
+        whole = m(*inputs)
+        m.class_chunk = 3  # chunks of 3, 2 and 2 classes; class attention on 3 * 64 tokens = 27 sequences of 7
+        assert all(layer.attention.chunk_tokens == 3 * 64 for layer in m.layers)
+        torch.testing.assert_close(m(*inputs), whole, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="class_chunk"):
+        Aggregator(**TINY, class_chunk=-1)
+
+
 def test_output_shape_small_vocabulary():
     m = Aggregator(**TINY)
     out = m(*tiny_inputs(2, 5))
@@ -232,3 +270,13 @@ def test_bad_inputs_raise():
         m(img, text, app, dec[::-1])
     with pytest.raises(ValueError, match="prompt_channel"):
         m(img, text.expand(-1, -1, 2, -1), app, dec)
+
+
+@pytest.mark.parametrize("T", [5, 13])  # padded class attention / top-k branch
+def test_no_tensor_is_created_off_the_input_device(T):
+    """On the meta device any tensor made without device= (an index, a mask, a bias) would be a CPU tensor and the
+    forward would raise: the CPU-side check that the GPU path keeps every tensor on the input's device."""
+    m = Aggregator(**TINY).to("meta")
+    img, text, app, dec = tiny_inputs(1, T)
+    out = m(img.to("meta"), text.to("meta"), app.to("meta"), [d.to("meta") for d in dec])
+    assert out.shape == (1, T, 32, 32) and out.device.type == "meta"

@@ -1,11 +1,14 @@
-"""Building blocks of the CAT-Seg cost aggregation head (see ``sam_mi.modeling.aggregator``)."""
+"""Building blocks of the CAT-Seg cost aggregation head (see ``sam_mi.modeling.aggregator``; CAT-Seg's versions
+are in cvlab-kaist/CAT-Seg cat_seg/modeling/transformer/model.py)."""
 from .class_attention import (
     AttentionLayer,
     ClassTransformerLayer,
     FullAttention,
     LinearAttention,
     full_attention,
+    full_attention_padded,
     linear_attention,
+    linear_attention_padded,
 )
 from .swin_blocks import (
     GuidedSwinBlock,
@@ -30,7 +33,9 @@ __all__ = [
     "SwinTransformerBlockWrapper",
     "Up",
     "full_attention",
+    "full_attention_padded",
     "linear_attention",
+    "linear_attention_padded",
     "shifted_window_mask",
     "window_partition",
     "window_reverse",

@@ -2,8 +2,8 @@
 
 CAT-Seg (and SAM-MI, which reuses it) aggregates every class's cost slice spatially with two Swin blocks
 (W-MSA, then SW-MSA) whose queries and keys also see the projected appearance guidance. The details below
-follow the CAT-Seg v2 code exactly so that its checkpoints load and reproduce (see
-/work/shared/research/catseg.md §2.3 step 5 and §3):
+follow CAT-Seg's ``SwinTransformerBlock`` / ``WindowAttention`` / ``SwinTransformerBlockWrapper``
+(cvlab-kaist/CAT-Seg cat_seg/modeling/transformer/model.py) exactly, so that its checkpoints load and reproduce:
 
 - pre-norm blocks; ``q, k = Linear(dim + g -> dim)`` on ``concat[norm1(x), guidance]``, ``v = Linear(dim -> dim)``
   on ``norm1(x)`` only; ``proj`` output projection; **no** relative position bias;
@@ -13,12 +13,16 @@ follow the CAT-Seg v2 code exactly so that its checkpoints load and reproduce (s
   unshifted block registers ``None`` so that no key appears;
 - if the grid is not larger than the window, the window shrinks to the grid and the shift is dropped (Swin rule).
 
-Memory: the tokens of all B*T class slices share one guidance map per image, so instead of materialising the
+Memory and speed (same outputs up to float rounding, tests/test_aggregator.py checks them against a loop-by-loop
+reference): the tokens of all B*T class slices share one guidance map per image, so instead of materialising the
 repeated ``(B*T, N, dim + g)`` concatenation, the guidance half of the q/k projections is computed once per
-image and broadcast over classes (``W [x; g] + b = W_x x + (W_g g + b)``; identical up to float rounding).
+image and broadcast over classes (``W [x; g] + b = W_x x + (W_g g + b)``); q, k and v come from one GEMM; the
+cyclic shift and the window partition (and their inverses) are one gather of the token axis each; attention is
+PyTorch's fused ``scaled_dot_product_attention`` with the windows folded into the head axis.
 
 Layout convention: tokens are channel-last ``[B, T, H, W, C]`` (T = classes), guidance ``[B, H, W, Cg]``.
 """
+import functools
 from typing import Optional, Tuple
 
 import torch
@@ -75,6 +79,18 @@ def shifted_window_mask(H: int, W: int, window_size: int, shift_size: int, fill:
     return torch.zeros_like(diff).masked_fill(diff != 0, fill)
 
 
+@functools.lru_cache(maxsize=32)
+def _window_order(H: int, W: int, window_size: int, shift_size: int, device: torch.device) -> Tuple[Tensor, Tensor]:
+    """Token order of Swin's ``roll(-shift)`` then :func:`window_partition` on a row-major H x W grid, and its
+    inverse (``window_reverse`` then ``roll(+shift)``): one gather each way instead of a roll and a permute."""
+    ws, s = window_size, shift_size
+    rows = (torch.arange(H) + s) % H  # row of the unshifted grid at each row of the shifted one
+    cols = (torch.arange(W) + s) % W
+    grid = (rows[:, None] * W + cols[None, :])[:, :, None]  # [H, W, 1] flat source index
+    order = window_partition(grid, ws).reshape(-1)  # [nW*N]
+    return order.to(device), torch.argsort(order).to(device)
+
+
 class Mlp(nn.Module):
     """timm-compatible ``Mlp`` (names ``fc1``/``fc2``), GELU (exact), no dropout: ``fc2(gelu(fc1(x)))``."""
 
@@ -108,15 +124,6 @@ class GuidedWindowAttention(nn.Module):
         self.v = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
 
-    def _guided_linear(self, layer: nn.Linear, x: Tensor, guidance: Optional[Tensor]) -> Tensor:
-        """``layer(concat[x, g])`` for x ``[B,T,nW,N,C]`` and g ``[B,nW,N,Cg]`` shared by all T classes."""
-        out = F.linear(x, layer.weight[:, : self.dim], layer.bias)
-        if self.guidance_dim > 0:
-            if guidance is None:
-                raise ValueError("this block was built with guidance_dim > 0: pass the appearance guidance")
-            out = out + F.linear(guidance, layer.weight[:, self.dim :]).unsqueeze(1)
-        return out
-
     def forward(self, x: Tensor, guidance: Optional[Tensor], mask: Optional[Tensor]) -> Tensor:
         """
         Args:
@@ -128,20 +135,23 @@ class GuidedWindowAttention(nn.Module):
         """
         B, T, nW, N, C = x.shape
         h = self.num_heads
-
-        def heads(t: Tensor) -> Tensor:  # [B,T,nW,N,C] -> [B*T, nW*h, N, C/h]
-            return t.reshape(B, T, nW, N, h, C // h).permute(0, 1, 2, 4, 3, 5).reshape(B * T, nW * h, N, C // h)
-
-        q = heads(self._guided_linear(self.q, x, guidance))
-        k = heads(self._guided_linear(self.k, x, guidance))
-        v = heads(self.v(x))
+        d = C // h
+        # q, k and v of the tokens in one GEMM; the guidance half of q and k once per image, added in place
+        weight = torch.cat([self.q.weight[:, :C], self.k.weight[:, :C], self.v.weight])
+        qkv = F.linear(x, weight, torch.cat([self.q.bias, self.k.bias, self.v.bias]))  # [B,T,nW,N,3C]
+        if self.guidance_dim > 0:
+            if guidance is None:
+                raise ValueError("this block was built with guidance_dim > 0: pass the appearance guidance")
+            g = F.linear(guidance, torch.cat([self.q.weight[:, C:], self.k.weight[:, C:]]))  # [B,nW,N,2C]
+            qkv[..., : 2 * C] += g.unsqueeze(1)
+        # windows are folded into the head axis, so one [1, nW*h, N, N] mask broadcasts over all B*T slices
+        qkv = qkv.reshape(B * T, nW, N, 3, h, d).permute(3, 0, 1, 4, 2, 5).reshape(3, B * T, nW * h, N, d)
         attn_mask = None
         if mask is not None:
-            # windows are folded into the head axis, so one [1, nW*h, N, N] mask broadcasts over all B*T slices
-            attn_mask = mask.to(q.dtype)[:, None].expand(nW, h, N, N).reshape(1, nW * h, N, N)
+            attn_mask = mask.to(x.dtype)[:, None].expand(nW, h, N, N).reshape(1, nW * h, N, N)
         # softmax(q k^T * head_dim^-0.5 + mask) v, as CAT-Seg (scale is SDPA's default)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        out = out.reshape(B, T, nW, h, N, C // h).permute(0, 1, 2, 4, 3, 5).reshape(B, T, nW, N, C)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attn_mask)
+        out = out.reshape(B, T, nW, h, N, d).transpose(3, 4).reshape(B, T, nW, N, C)
         return self.proj(out)
 
 
@@ -196,18 +206,16 @@ class GuidedSwinBlock(nn.Module):
         H, W = self.input_resolution
         if x.shape[2:4] != (H, W):
             raise ValueError(f"spatial aggregation built for a {H}x{W} grid, got {tuple(x.shape[2:4])}")
-        ws, s = self.window_size, self.shift_size
+        order, inverse = _window_order(H, W, self.window_size, self.shift_size, x.device)
+        nW, N = (H // self.window_size) * (W // self.window_size), self.window_size**2
+
+        def to_windows(t: Tensor) -> Tensor:  # [*, H, W, C] -> [*, nW, N, C]: cyclic shift + partition, one copy
+            return t.flatten(-3, -2).index_select(-2, order).unflatten(-2, (nW, N))
+
         shortcut = x
-        x = self.norm1(x)
-        if s > 0:
-            x = torch.roll(x, shifts=(-s, -s), dims=(2, 3))
-            if guidance is not None:
-                guidance = torch.roll(guidance, shifts=(-s, -s), dims=(1, 2))
-        g_windows = window_partition(guidance, ws) if guidance is not None else None
-        out = self.attn(window_partition(x, ws), g_windows, self.attn_mask)
-        out = window_reverse(out, ws, H, W)
-        if s > 0:
-            out = torch.roll(out, shifts=(s, s), dims=(2, 3))
+        g_windows = to_windows(guidance) if guidance is not None else None
+        out = self.attn(to_windows(self.norm1(x)), g_windows, self.attn_mask)
+        out = out.flatten(-3, -2).index_select(-2, inverse).unflatten(-2, (H, W))  # back to the grid
         x = shortcut + out
         return x + self.mlp(self.norm2(x))
 

@@ -1,6 +1,7 @@
 """CAT-Seg's upsampling decoder: transposed conv x2, concat projected CLIP guidance, DoubleConv.
 
-Names and shapes follow CAT-Seg v2 (``decoder1.up``, ``decoder1.conv.double_conv.{0,1,3,4}``): ``Up(in, out, g)``
+Names and shapes follow CAT-Seg's ``Up`` / ``DoubleConv`` (cvlab-kaist/CAT-Seg
+cat_seg/modeling/transformer/model.py): ``decoder1.up``, ``decoder1.conv.double_conv.{0,1,3,4}``; ``Up(in, out, g)``
 upsamples ``in -> in - g`` channels so that the concatenation with the ``g``-channel guidance has ``in`` channels;
 ``DoubleConv`` is [Conv3x3 (no bias) -> GroupNorm(mid // 16) -> ReLU] x 2, i.e. GroupNorm(4, 64) / GroupNorm(2, 32)
 for the default (64, 32) decoder.
@@ -8,7 +9,8 @@ for the default (64, 32) decoder.
 Memory: the guidance map is one per image but CAT-Seg repeats it for every class before the concatenation. The first
 convolution is linear (no bias), so ``conv([x; g]) = conv_x(x) + conv_g(g)`` and ``conv_g(g)`` is computed once per
 image and broadcast over the T classes (identical up to float rounding), which avoids the ``[B*T, in, 2H, 2W]``
-concatenation.
+concatenation. The layers keep the memory format of their input; the aggregator feeds them channels-last tensors
+(oneDNN's fast convolution layout on CPU and GPU).
 """
 from typing import Optional
 
