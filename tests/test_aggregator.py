@@ -280,3 +280,16 @@ def test_no_tensor_is_created_off_the_input_device(T):
     img, text, app, dec = tiny_inputs(1, T)
     out = m(img.to("meta"), text.to("meta"), app.to("meta"), [d.to("meta") for d in dec])
     assert out.shape == (1, T, 32, 32) and out.device.type == "meta"
+
+
+def test_training_after_inference_mode_reuses_no_inference_tensor():
+    """The aggregator caches its window order: a cache filled under torch.inference_mode (evaluation during
+    training) must still serve a training step afterwards."""
+    from sam_mi.modeling.layers.swin_blocks import _window_order
+
+    _window_order.cache_clear()
+    with torch.inference_mode():
+        order, _ = _window_order(6, 6, 3, 1, torch.device("cpu"))
+    assert not order.is_inference()
+    x = torch.rand(36, requires_grad=True)
+    x.index_select(0, order).sum().backward()  # would raise with an inference tensor saved for backward

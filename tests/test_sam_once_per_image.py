@@ -17,7 +17,7 @@ class LeftHalf(nn.Module):
         super().__init__()
         self.points, self.encoded = [], []
 
-    def encode(self, images):
+    def encode(self, images, use_cache=False):
         self.encoded.append(tuple(images.shape))
         return images.new_zeros(images.shape[0], 1, 1, 1)
 

@@ -70,6 +70,7 @@ class MaskInjectedCostHead(nn.Module):
             attention_type=a.ATTENTION_TYPE,
             prompt_channel=1,
             pad_len=a.PAD_LEN,
+            class_chunk=a.CLASS_CHUNK,
         )
         dmi_high = None
         if d.HIGH_ENABLED:

@@ -54,6 +54,7 @@ def propose_masks(
     out_size: Tuple[int, int],
     alpha_sma: Optional[float],
     keep_intermediates: bool = False,
+    use_cache: bool = False,
 ) -> MaskProposals:
     """SAM's masks for a batch, merged by SMAgg when ``alpha_sma`` is not None.
 
@@ -65,9 +66,10 @@ def propose_masks(
         out_size: resolution of the returned masks.
         alpha_sma: SMAgg's threshold (Eq. 7); None keeps SAM's masks as they are ("w/o SMAgg").
         keep_intermediates: also return each image's prompts and SAM masks before SMAgg.
+        use_cache: let the generator read / fill its image-embedding cache (evaluation only).
     """
     with stage("sam_encoder"):
-        embeddings = mask_generator.encode(images)
+        embeddings = mask_generator.encode(images, use_cache=use_cache)
     sam_masks, all_points = [], []
     for i in range(images.shape[0]):  # per image: each has its own number of points and masks
         with stage("sam_decoding"):
@@ -147,6 +149,7 @@ def propose_masks_in_views(
     out_size: Tuple[int, int],
     alpha_sma: Optional[float],
     keep_intermediates: bool = False,
+    use_cache: bool = False,
 ) -> MaskProposals:
     """SAM as the paper runs it in sliding-window evaluation (Sec. 4.1: "384x384 for CLIP and 1024x1024 for
     SAM"): the image encoder runs once on the whole image, each view's points are decoded on that embedding,
@@ -162,7 +165,7 @@ def propose_masks_in_views(
     view empty are dropped.
     """
     with stage("sam_encoder"):
-        embedding = mask_generator.encode(image[None])[0]
+        embedding = mask_generator.encode(image[None], use_cache=use_cache)[0]
     h, w = int(image.shape[-2]), int(image.shape[-1])
     h_o, w_o = out_size
     sam_masks, all_points = [], []

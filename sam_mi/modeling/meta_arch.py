@@ -281,7 +281,7 @@ class SAMMI(nn.Module):
         sample = lambda i: self.prompter.sample(None if prob is None else prob[i], images.device, generator)  # noqa
         if frames is not None:
             return propose_masks_in_views(self.mask_generator, frames[0], frames[1], sample, class_logits, out_size,
-                                          self.alpha_sma, keep_intermediates)
+                                          self.alpha_sma, keep_intermediates, use_cache=not self.training)
         return propose_masks(
             self.mask_generator,
             images,
@@ -290,6 +290,7 @@ class SAMMI(nn.Module):
             out_size=out_size,
             alpha_sma=self.alpha_sma,
             keep_intermediates=keep_intermediates,
+            use_cache=not self.training,  # SAM's embedding cache: never for augmented training crops
         )
 
     def cost_maps(self, dense: Tensor, text: Tensor) -> Tensor:

@@ -82,7 +82,15 @@ def shifted_window_mask(H: int, W: int, window_size: int, shift_size: int, fill:
 @functools.lru_cache(maxsize=32)
 def _window_order(H: int, W: int, window_size: int, shift_size: int, device: torch.device) -> Tuple[Tensor, Tensor]:
     """Token order of Swin's ``roll(-shift)`` then :func:`window_partition` on a row-major H x W grid, and its
-    inverse (``window_reverse`` then ``roll(+shift)``): one gather each way instead of a roll and a permute."""
+    inverse (``window_reverse`` then ``roll(+shift)``): one gather each way instead of a roll and a permute.
+
+    Cached, so built outside inference mode: a cached inference tensor could not be used by a later
+    training step (autograd refuses to save inference tensors for backward)."""
+    with torch.inference_mode(False):
+        return _build_window_order(H, W, window_size, shift_size, device)
+
+
+def _build_window_order(H: int, W: int, window_size: int, shift_size: int, device: torch.device) -> Tuple[Tensor, Tensor]:
     ws, s = window_size, shift_size
     rows = (torch.arange(H) + s) % H  # row of the unshifted grid at each row of the shifted one
     cols = (torch.arange(W) + s) % W

@@ -277,7 +277,7 @@ def build_fast_sam_model(model_type: str, checkpoint: Optional[str]) -> nn.Modul
 @configurable(from_config=mask_generator_args)
 def build_fast_sam_generator(
     model_type: str, checkpoint: str = "", image_size: int = OFFICIAL_IMAGE_SIZE, *, random_init: bool = False,
-    points_per_batch: int = 64, **kw
+    sdpa: bool = True, points_per_batch: int = 64, **kw
 ) -> FastSAMPointPrompted:
     """FastSAM behind `PointPromptedSAM`'s interface. pred_iou_thresh is FastSAM's confidence threshold
     (its default 0.4); stability filtering applies only if stability_score_thresh > 0 (FastSAM has none)."""

@@ -10,6 +10,7 @@ import torch
 from detectron2.config import configurable
 from torch import nn
 
+from .fast_attention import apply_sam_fast_path
 from .checkpoint import OFFICIAL_IMAGE_SIZE, load_checkpoint, optional_import, require_checkpoint
 from .point_decoder import PointPromptedSAM
 from .registry import mask_generator_args, register_mask_generator
@@ -80,8 +81,9 @@ def build_hq_sam_model(model_type: str, checkpoint: Optional[str], image_size: i
 @register_mask_generator("hq_sam")
 @configurable(from_config=mask_generator_args)
 def build_hq_sam_generator(model_type: str, checkpoint: str = "", image_size: int = OFFICIAL_IMAGE_SIZE,
-                           *, random_init: bool = False, **decoding) -> HQSAMPointPrompted:
+                           *, random_init: bool = False, sdpa: bool = True, **decoding) -> HQSAMPointPrompted:
     """HQ-SAM inside SAM's point-prompted decoding; "tiny" and ``random_init`` build random weights."""
     random = model_type == "tiny" or random_init
     model = build_hq_sam_model(model_type, None if random else checkpoint, image_size)
+    apply_sam_fast_path(model, sdpa=sdpa)
     return HQSAMPointPrompted(model, image_size, **decoding)

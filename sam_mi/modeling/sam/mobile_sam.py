@@ -48,8 +48,9 @@ def build_mobile_sam_model(model_type: str, checkpoint: Optional[str], image_siz
 @register_mask_generator("mobile_sam")
 @configurable(from_config=mask_generator_args)
 def build_mobile_sam_generator(model_type: str, checkpoint: str = "", image_size: int = OFFICIAL_IMAGE_SIZE,
-                               *, random_init: bool = False, **decoding) -> PointPromptedSAM:
-    """MobileSAM inside SAM's point-prompted decoding (AMG filters, box NMS); "tiny"/``random_init``: random."""
+                               *, random_init: bool = False, sdpa: bool = True, **decoding) -> PointPromptedSAM:
+    """MobileSAM inside SAM's point-prompted decoding (AMG filters, box NMS); "tiny"/``random_init``: random.
+    ``sdpa`` has no effect: TinyViT's attention is not segment-anything's."""
     random = model_type == "tiny" or random_init
     model = build_mobile_sam_model(model_type, None if random else checkpoint, image_size)
     return PointPromptedSAM(model, image_size, **decoding)

@@ -46,9 +46,16 @@ def mask_generator_args(cfg) -> Dict:
 
     model_type is the variant's own registry key ("vit_h"/"vit_l"/"vit_b"/"tiny" for SAM); checkpoint is
     required unless model_type is "tiny" or RANDOM_INIT is set; the thresholds are those of SAM's automatic
-    mask generator (segment-anything segment_anything/automatic_mask_generator.py).
+    mask generator (segment-anything segment_anything/automatic_mask_generator.py); ``sdpa`` patches the
+    image encoder's attention (sam/fast_attention.py) where the variant has segment-anything's, the other
+    keys go to the point decoder (sam/point_decoder.py).
     """
     s = cfg.MODEL.SAM_MI.SAM
+    cache = None
+    if s.EMBEDDING_CACHE:  # read and filled at test time only (the model passes use_cache in inference)
+        from .embedding_cache import SAMEmbeddingCache
+
+        cache = SAMEmbeddingCache(s.EMBEDDING_CACHE)
     return {
         "model_type": s.MODEL_TYPE,
         "checkpoint": s.CHECKPOINT,
@@ -59,6 +66,11 @@ def mask_generator_args(cfg) -> Dict:
         "stability_score_thresh": s.STABILITY_SCORE_THRESH,
         "stability_score_offset": s.STABILITY_SCORE_OFFSET,
         "box_nms_thresh": s.BOX_NMS_THRESH,
+        "masks_per_point": s.MASKS_PER_POINT,
+        "sdpa": s.SDPA,
+        "fast_decoder": s.FAST_DECODER,
+        "amp": s.AMP,
+        "embedding_cache": cache,
     }
 
 

@@ -10,6 +10,7 @@ from typing import Dict, Optional, Tuple
 from detectron2.config import configurable
 from torch import nn
 
+from .fast_attention import apply_sam_fast_path
 from .checkpoint import OFFICIAL_IMAGE_SIZE, SAM_CHECKPOINT_URLS, load_checkpoint, require_checkpoint
 from .point_decoder import PointPromptedSAM
 from .registry import mask_generator_args, register_mask_generator
@@ -128,6 +129,8 @@ def build_sam_model(model_type: str, checkpoint: Optional[str] = "", image_size:
 @register_mask_generator("sam")
 @configurable(from_config=mask_generator_args)
 def build_sam_generator(model_type: str, checkpoint: str = "", image_size: int = OFFICIAL_IMAGE_SIZE,
-                        *, random_init: bool = False, **decoding) -> PointPromptedSAM:
+                        *, random_init: bool = False, sdpa: bool = True, **decoding) -> PointPromptedSAM:
     """SAM inside the point-prompted decoding of point_decoder.py (filters and NMS of SAM's AMG)."""
-    return PointPromptedSAM(build_sam_model(model_type, checkpoint, image_size, random_init), image_size, **decoding)
+    model = build_sam_model(model_type, checkpoint, image_size, random_init)
+    apply_sam_fast_path(model, sdpa=sdpa)
+    return PointPromptedSAM(model, image_size, **decoding)

@@ -123,8 +123,9 @@ def build_sam2_model(model_type: str, checkpoint: Optional[str], image_size: int
 @register_mask_generator("sam2")
 @configurable(from_config=mask_generator_args)
 def build_sam2_generator(model_type: str, checkpoint: str = "", image_size: int = OFFICIAL_IMAGE_SIZE,
-                         *, random_init: bool = False, **decoding) -> SAM2PointPrompted:
-    """SAM 2.1 inside SAM's point-prompted decoding; "tiny" and ``random_init`` build random weights."""
+                         *, random_init: bool = False, sdpa: bool = True, **decoding) -> SAM2PointPrompted:
+    """SAM 2.1 inside SAM's point-prompted decoding; "tiny" and ``random_init`` build random weights.
+    ``sdpa`` has no effect: SAM 2's Hiera attention already runs through scaled_dot_product_attention."""
     random = model_type == "tiny" or random_init
     model = build_sam2_model(model_type, None if random else checkpoint, image_size)
     # SAM2 normalises [0,1] images by ImageNet mean/std, identical to SAM's 0-255 constants.
