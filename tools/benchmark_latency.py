@@ -14,7 +14,11 @@ same run): grid / learned total (paper Table 5: 5967 / 950 = 6.3x) and learned t
 (``MODEL.SAM_MI.SAM.RANDOM_INIT``, built by the same builder as the model's SAM), and --sam-image-size lets SAM
 run at a reduced side (e.g. 512) on CPUs. An untrained TSPP head's point count is arbitrary, so without
 MODEL.WEIGHTS its maps are rescaled to --expected-points (default 41, the paper's A-150 average in Table 6)
-through ``MODEL.SAM_MI.TSPP.CALIBRATE_POINTS``.
+through ``MODEL.SAM_MI.TSPP.CALIBRATE_POINTS``. With random weights no mask passes SAM's filters, so NMS, SMAgg
+and DMI would go untimed: --permissive-filters keeps every decoded mask (predicted-IoU and stability thresholds
+off; NMS, SMAgg and DMI then run on realistic numbers of masks, reported beside the times).
+--images reads the evaluation images of a registered dataset (e.g. ade20k_150_test_sem_seg, or the synthetic
+validation set) instead of random ones, through the test mapper.
 """
 import argparse
 import json
@@ -31,6 +35,7 @@ from detectron2.modeling import build_model
 from tabulate import tabulate
 
 from sam_mi import add_sam_mi_config
+from sam_mi.data.vocabulary import resolve_vocabulary
 from sam_mi.utils.stage_timer import StageTimer
 
 STAGES = ["clip", "tspp", "sam_encoder", "sam_decoding", "smagg", "cost_head"]
@@ -78,6 +83,9 @@ def main() -> None:
     parser.add_argument("--expected-points", type=float, default=41.0)
     parser.add_argument("--random-weights", action="store_true", help="build CLIP and SAM without checkpoints")
     parser.add_argument("--sam-image-size", type=int, default=None, help="SAM input side (--random-weights only)")
+    parser.add_argument("--permissive-filters", action="store_true",
+                        help="keep every decoded mask (random weights: makes NMS, SMAgg and DMI run)")
+    parser.add_argument("--images", default=None, help="a registered dataset whose images are timed")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
@@ -98,6 +106,9 @@ def main() -> None:
             cfg.MODEL.SAM_MI.SAM.IMAGE_SIZE = args.sam_image_size
     elif args.sam_image_size:
         sys.exit("--sam-image-size needs --random-weights (official checkpoints run at 1024)")
+    if args.permissive_filters:
+        cfg.MODEL.SAM_MI.SAM.PRED_IOU_THRESH = -1e9
+        cfg.MODEL.SAM_MI.SAM.STABILITY_SCORE_THRESH = 0.0
     calibrate = not cfg.MODEL.WEIGHTS
     if calibrate:
         cfg.MODEL.SAM_MI.TSPP.CALIBRATE_POINTS = args.expected_points
@@ -106,9 +117,16 @@ def main() -> None:
     model = build_model(cfg).eval()
     if cfg.MODEL.WEIGHTS:
         DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    gen = torch.Generator().manual_seed(0)
-    images = [torch.randint(0, 256, (3, *args.image_size), generator=gen, dtype=torch.uint8)
-              for _ in range(args.num_images)]
+    if args.images:
+        from sam_mi.engine import Trainer
+
+        model.set_vocabulary(resolve_vocabulary(args.images))
+        loader = Trainer.build_test_loader(cfg, args.images)
+        images = [batch[0]["image"] for _, batch in zip(range(args.num_images), loader)]
+    else:
+        gen = torch.Generator().manual_seed(0)
+        images = [torch.randint(0, 256, (3, *args.image_size), generator=gen, dtype=torch.uint8)
+                  for _ in range(args.num_images)]
 
     modes = ["learned", "grid", "random"] if args.mode == "all" else [args.mode]
     if model.prompter.head is None:
@@ -131,7 +149,8 @@ def main() -> None:
         "device": str(model.device),
         "config": args.config_file,
         "opts": args.opts,
-        "image_size": args.image_size,
+        "images": args.images or f"random {args.image_size[0]}x{args.image_size[1]}",
+        "permissive_filters": bool(args.permissive_filters),
         "vocabulary_size": len(model.test_class_names),
         "sam": {"variant": cfg.MODEL.SAM_MI.SAM.VARIANT, "type": cfg.MODEL.SAM_MI.SAM.MODEL_TYPE,
                 "image_size": cfg.MODEL.SAM_MI.SAM.IMAGE_SIZE, "random_weights": bool(args.random_weights)},
