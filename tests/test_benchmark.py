@@ -54,3 +54,19 @@ def test_stage_spans_come_from_the_models_forward(synthetic_root):
     assert {"sam_mi/clip", "sam_mi/sam_encoder", "sam_mi/cost_head"} <= names
     model([x])  # without a timer the spans cost nothing and record nothing
     assert timer.calls["sam_decoding"] == 1
+
+
+def test_training_benchmark_reports_table10_columns(tmp_path):
+    """tools/benchmark_training.py: baseline vs SAM-MI (fast path on / off) at the same batch, one run."""
+    out = tmp_path / "train.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools/benchmark_training.py"), "--iters", "1", "--warmup", "0",
+         "--batch", "2", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+    base, fast, slow = (results[k] for k in ("w/o SAM (CAT-Seg)", "w/ SAM, fast path", "w/ SAM, fast path off"))
+    assert base["frozen_sam_M"] == 0 < fast["frozen_sam_M"] == slow["frozen_sam_M"]
+    assert fast["trainable_M"] > base["trainable_M"] and fast["total_M"] > base["total_M"] + fast["frozen_sam_M"] - 1e-6
+    assert all(r["ms_per_iter"] > 0 and r["peak_memory_mb"] > 0 for r in results.values())
