@@ -70,3 +70,17 @@ def test_stream_is_the_same_whatever_the_workers_and_the_start():
     assert batches(2, 2) == plain[2:] + batches(0, 5)[:2]
     assert batches(0, 3) == plain[3:] + batches(0, 5)[:3]
     assert sorted(i for b in plain[:3] for i, _, _ in b[:7]) != list(range(6))  # shuffled, not in order
+
+
+def test_resume_skips_a_damaged_last_checkpoint(tmp_path, synthetic_root):
+    """A run killed while writing its last checkpoint: --resume warns and continues from the previous one."""
+    cfg = tiny_cfg(opts=["SOLVER.MAX_ITER", 4, "SOLVER.CHECKPOINT_PERIOD", 2, "OUTPUT_DIR", str(tmp_path),
+                         "SOLVER.IMS_PER_BATCH", 1, "DATASETS.TEST", ()])
+    _run(cfg, {}, stop_at=3)  # model_0000001.pth, model_0000003.pth and model_final.pth (iteration 3)
+    for name in ("model_final.pth", "model_0000003.pth"):  # the newest two are truncated
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(data[: len(data) // 3])
+    (tmp_path / "last_checkpoint").write_text("model_final.pth")
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=True)
+    assert trainer.start_iter == 2  # resumed from model_0000001.pth

@@ -150,3 +150,24 @@ def test_two_process_training_equals_one_process(synthetic_root, tmp_path):
     # normalisation) moves a few biases by up to ~lr per step: bounded, not bitwise
     worst = max(float((a[k] - b[k]).abs().max()) for k in a if a[k].is_floating_point())
     assert worst < 4 * 4 * 1e-3
+
+
+def test_two_process_evaluation_equals_one_process(synthetic_root, tmp_path):
+    """Point sampling draws from one stream per image (seeded by SEED and the file name), so an evaluation
+    split over two processes gives the same scores and counts as one process."""
+    env = dict(os.environ, PYTHONPATH=REPO, DETECTRON2_DATASETS=synthetic_root)
+    torch.manual_seed(0)  # one set of weights for both runs (each rank seeds its own initialisation)
+    weights = tmp_path / "weights.pth"
+    torch.save({"model": build_model(tiny_cfg()).state_dict()}, weights)
+    lines = []
+    for n in (1, 2):
+        proc = subprocess.run(
+            [sys.executable, os.path.join(REPO, "tools/train_net.py"), "--eval-only", "--num-gpus", str(n),
+             "--config-file", os.path.join(REPO, "configs/tiny/sam_mi_tiny_stage2.yaml"), "MODEL.WEIGHTS",
+             str(weights), "OUTPUT_DIR", str(tmp_path / str(n))],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        lines.append([l.split("copypaste: ")[1] for l in (proc.stdout + proc.stderr).splitlines()
+                      if "copypaste: " in l and l.split("copypaste: ")[1][:1].isdigit()])
+    assert len(lines[0]) == 2 and lines[0] == lines[1]  # mIoU, fwIoU, mACC, pACC; then the SAM-MI counts

@@ -155,6 +155,10 @@ def main() -> None:
         "sam": {"variant": cfg.MODEL.SAM_MI.SAM.VARIANT, "type": cfg.MODEL.SAM_MI.SAM.MODEL_TYPE,
                 "image_size": cfg.MODEL.SAM_MI.SAM.IMAGE_SIZE, "random_weights": bool(args.random_weights)},
         "tspp_calibrated_to_points": args.expected_points if calibrate else None,
+        "params_M": {  # Table 11's params column: the whole model and its frozen mask generator
+            "total": sum(p.numel() for p in model.parameters()) / 1e6,
+            "sam": sum(p.numel() for p in model.mask_generator.parameters()) / 1e6,
+        },
         "results": results,
         "ratios": ratios,
         "torch_threads": torch.get_num_threads(),

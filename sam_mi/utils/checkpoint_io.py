@@ -157,7 +157,11 @@ class CheckedCheckpointer(DetectionCheckpointer):
     def load(self, path: str, *args, **kwargs):
         if path and "://" not in path and not os.path.isfile(path):
             raise FileNotFoundError(f"{self.config_key} = {path!r}: no such file; it should be {self.expected}")
-        return super().load(path, *args, **kwargs)
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            # detectron2 clears this only when the load succeeds; a failed load would block the next one
+            self._parsed_url_during_load = None
 
     def _torch_load(self, f: str):
         return load_checkpoint_file(f, self.config_key, self.expected)
