@@ -21,7 +21,7 @@ from sam_mi.engine.sam_pretraining import (
     train_tiny_sam,
 )
 from sam_mi.engine.sam_quality import amg_masks_per_image, point_prompt_quality
-from sam_mi.modeling.sam.build import build_tiny_sam, load_checkpoint
+from sam_mi.modeling.sam import build_tiny_sam, load_checkpoint
 from sam_mi.modeling.sam.point_decoder import logits_to_out_size
 
 S = 128

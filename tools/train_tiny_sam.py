@@ -20,21 +20,19 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+from detectron2.data import DatasetCatalog
 
-import torch  # noqa: E402
-from detectron2.data import DatasetCatalog  # noqa: E402
-
-import sam_mi  # noqa: E402,F401  (registers the datasets)
-from sam_mi.data.synthetic import generate_synthetic_stuff  # noqa: E402
-from sam_mi.engine.sam_pretraining import (  # noqa: E402
+import sam_mi  # noqa: F401  (registers the datasets)
+from sam_mi.data.synthetic import generate_synthetic_stuff
+from sam_mi.engine.sam_pretraining import (
     TinySAMSchedule,
     load_region_images,
     save_sam_checkpoint,
     train_tiny_sam,
 )
-from sam_mi.engine.sam_quality import AMG_DEFAULTS, amg_threshold_sweep, point_prompt_quality  # noqa: E402
-from sam_mi.modeling.sam.build import build_tiny_sam, load_checkpoint  # noqa: E402
+from sam_mi.engine.sam_quality import AMG_DEFAULTS, amg_threshold_sweep, point_prompt_quality
+from sam_mi.modeling.sam import build_tiny_sam, load_checkpoint
 
 
 def get_parser() -> argparse.ArgumentParser:
