@@ -50,7 +50,7 @@ class HQSAMPointPrompted(PointPromptedSAM):
             image_pe=self.sam.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
-            multimask_output=True,
+            multimask_output=self.multimask_output,  # False in "single" mode
             hq_token_only=self.hq_token_only,
             interm_embeddings=[vit],
         )

@@ -83,7 +83,7 @@ class SAM2PointPrompted(PointPromptedSAM):
             image_pe=model.sam_prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
-            multimask_output=True,
+            multimask_output=self.multimask_output,  # False in "single" mode
             repeat_image=True,
             high_res_features=high_res,
         )
