@@ -177,7 +177,8 @@ class EvalDatasetMapper(DatasetMapper):
                 f"got {cfg.INPUT.FORMAT!r}"
             )
         super().__init__(cfg, is_train=False)
-        self.keep_labels = bool(cfg.MODEL.SAM_MI.SAM.ORACLE_MASKS)
+        sam_mi = cfg.MODEL.get("SAM_MI")  # a plain detectron2 config has none: labels are not kept
+        self.keep_labels = bool(sam_mi is not None and sam_mi.SAM.ORACLE_MASKS)
 
     def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
         dataset_dict = copy.deepcopy(dataset_dict)
