@@ -144,7 +144,7 @@ def test_convert_tool_loads_safely_and_needs_trust_pickle(tmp_path):
     assert str(src) in msg and "--input" in msg and "--trust-pickle" in msg and "weights_only" not in msg
     assert not out.exists()
     assert tool.main(["--input", str(src), "--output", str(out), "--trust-pickle"]) == 0
-    assert torch.equal(torch.load(out, weights_only=True)["model"]["aggregator.conv1.weight"], torch.ones(2))
+    assert torch.equal(torch.load(out, weights_only=True)["model"]["cost_head.aggregator.conv1.weight"], torch.ones(2))
     (tmp_path / "text.pth").write_text("hello")
     with pytest.raises(SystemExit, match=r"text\.pth' is a text file.*CAT-Seg v2 checkpoint"):
         tool.main(["--input", str(tmp_path / "text.pth"), "--output", str(out), "--trust-pickle"])

@@ -45,7 +45,9 @@ class ImageReadError(OSError):
 
 def _describe(error: BaseException) -> str:
     """``"<what happened>; <what to do>"`` for a decoder error."""
-    if isinstance(error, UnidentifiedImageError):
+    if isinstance(error, (UnidentifiedImageError, ImportError)):
+        # an ImportError comes from a PIL format plugin registered by another package (e.g. a HEIF opener)
+        # that was asked to identify the file and lacks its own dependency: PIL found no format either way
         return ("PIL cannot identify its format: it is not an image file PIL can decode; replace it or remove "
                 "it from the dataset folder")
     text = f"{type(error).__name__}: {error}"
