@@ -20,8 +20,9 @@ def _tool(name: str):
 
 def test_sam_benchmark_modes_report_times_errors_and_masks(tmp_path):
     tool = _tool("benchmark_sam_decoding")
-    enc = tool.main(["encoder", "--model-type", "tiny", "--image-size", "128", "--repeats", "1",
+    enc = tool.main(["encoder", "--model-type", "tiny", "--image-size", "128", "--repeats", "1", "--clock", "process",
                      "--json", str(tmp_path / "enc.json")])
+    assert enc["clock"] == "process"
     assert enc["sdpa"]["max_abs_err"] < 1e-4 and enc["sdpa"]["mask_iou"] > 0.999 and enc["original"]["ms"] > 0
     assert json.loads((tmp_path / "enc.json").read_text())["sdpa_amp"]["ms"] > 0
     dec = tool.main(["decoder", "--embedding", "8", "--points", "6", "--repeats", "1"])
@@ -35,6 +36,7 @@ def test_sam_benchmark_modes_report_times_errors_and_masks(tmp_path):
 
 def test_aggregator_baseline_is_loaded_from_git_and_agrees(tmp_path):
     tool = _tool("benchmark_aggregator")
+    assert set(tool.CLOCKS) == {"wall", "process"}
     baseline_cls = tool.load_baseline("HEAD", str(tmp_path))
     assert baseline_cls.__module__.startswith("sam_mi_aggregator_baseline")
     current = Aggregator(**TINY)
