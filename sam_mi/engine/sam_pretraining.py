@@ -31,7 +31,6 @@ Quality figures (single-point IoU, masks surviving AMG's filters) are in sam_qua
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -45,6 +44,7 @@ from torch import nn
 from sam_mi.modeling.sam import build_tiny_sam
 from sam_mi.modeling.sam.point_decoder import PointPromptedSAM, logits_to_out_size, points_to_input_frame
 
+from ..utils.atomic_io import atomic_write, write_text_atomic
 from .sam_losses import mask_iou, point_logits, sam_loss, sample_loss_points
 
 __all__ = [
@@ -408,21 +408,8 @@ def save_sam_checkpoint(sam: nn.Module, path: str, metadata: Optional[Mapping] =
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
 
-    def _atomic(target: str, write: Callable) -> None:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.basename(target))
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
-
     state = {k: v.detach().cpu().contiguous() for k, v in sam.state_dict().items()}
-    _atomic(path, lambda f: torch.save(state, f))
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f)
     if metadata is not None:
-        text = json.dumps(dict(metadata), indent=2, sort_keys=True).encode()
-        _atomic(os.path.splitext(path)[0] + ".json", lambda f: f.write(text))
+        write_text_atomic(os.path.splitext(path)[0] + ".json", json.dumps(dict(metadata), indent=2, sort_keys=True))

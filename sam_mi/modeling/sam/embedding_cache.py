@@ -22,12 +22,13 @@ Size: SAM's embedding is 256×64×64 float32 = 4 MiB per image.
 
 import hashlib
 import os
-import tempfile
 import warnings
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
+
+from ...utils.atomic_io import atomic_write
 
 __all__ = ["SAMEmbeddingCache", "state_dict_fingerprint", "tensor_digest"]
 
@@ -107,20 +108,9 @@ class SAMEmbeddingCache:
     def put(self, key: str, embedding: Tensor) -> None:
         """Store `embedding` under `key` atomically (a copy on the CPU: a row of a batch is not saved with
         the rest of the batch's storage)."""
-        path = self.path(key)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         entry = {"key": key, "embedding": embedding.detach().to("cpu", copy=True).contiguous()}
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".pt")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(entry, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with atomic_write(self.path(key), "wb") as f:  # concurrent writers of one key: the last rename wins
+            torch.save(entry, f)
 
     def __repr__(self) -> str:
         return f"SAMEmbeddingCache({self.folder!r}, hits={self.hits}, misses={self.misses})"
