@@ -2,8 +2,8 @@
 
 Steps (each skipped when its output exists, so a second run reuses them):
   0. the synthetic COCO-Stuff-layout dataset;
-  1. a tiny SAM trained like SAM (sam_mi/engine/sam_pretraining.py), saved in segment-anything's format and
-     loaded through MODEL.SAM_MI.SAM.CHECKPOINT exactly as SAM-H is;
+  1. the tiny SAM: random, or a checkpoint trained like SAM (tools/train_tiny_sam.py; the demo's
+     --sam-checkpoint), loaded through MODEL.SAM_MI.SAM.CHECKPOINT exactly as SAM-H is;
   2. the CAT-Seg baseline (SAM parts off) and SAM-MI (stage 1 TSPP, stage 2 with SAM's masks injected),
      same seed, data and stage-2 schedule;
   3. evaluation of the baseline and of SAM-MI with TSPP, grid and random-64 prompts (Table 5 at tiny scale)
@@ -151,7 +151,8 @@ def run_demo(out: str, num_train: int, num_val: int, sam_checkpoint: str, iters:
     stage1_weights = train(stage1)
     stage2 = load_cfg("configs/tiny/sam_mi_tiny_stage2.yaml", os.path.join(out, "stage2"),
                       stage2_opts + sam + ["MODEL.WEIGHTS", stage1_weights])
-    logger.info("=== SAM-MI stage 2: masks of the trained tiny SAM injected, %d iterations", stage2.SOLVER.MAX_ITER)
+    logger.info("=== SAM-MI stage 2: the tiny SAM's masks injected (%s), %d iterations",
+                sam_checkpoint or "random weights", stage2.SOLVER.MAX_ITER)
     stage2_weights = train(stage2)
 
     settings = {
