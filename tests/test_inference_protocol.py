@@ -216,13 +216,14 @@ def test_tiny_model_matches_catseg_both_modes(baseline_model, num_classes):
         assert_same(mine, ref)
 
 
-def test_model_forward_sliding_window_matches_catseg(synthetic_root):
-    """Through SAMMI.forward (SAM parts off): the OVSS protocol's sliding window gives CAT-Seg's scores."""
+def _baseline_and_core(sliding_window: bool, seed: int):
+    """The tiny baseline (SAM parts off), its scores through SAMMI.forward for one image, and the per-view
+    predictor CAT-Seg's test code wraps (the model's forward without its own normalisation)."""
     torch.manual_seed(0)
-    cfg = tiny_cfg("configs/tiny/sam_mi_tiny_baseline.yaml", opts=["MODEL.SAM_MI.INFERENCE.SLIDING_WINDOW", True])
+    cfg = tiny_cfg("configs/tiny/sam_mi_tiny_baseline.yaml",
+                   opts=["MODEL.SAM_MI.INFERENCE.SLIDING_WINDOW", sliding_window])
     model = build_model(cfg).eval()
-    s = cfg.MODEL.SAM_MI.INFERENCE
-    image = random_image(100, 140, seed=5).round().to(torch.uint8)
+    image = random_image(100, 140, seed=seed).round().to(torch.uint8)
     out = model([{"image": image, "height": 120, "width": 150}])[0]["sem_seg"]
     names = model.test_class_names
 
@@ -230,6 +231,13 @@ def test_model_forward_sliding_window_matches_catseg(synthetic_root):
         with identity_normalisation(model.clip):
             return model.predict(x, names)["logits"]
 
+    return cfg, model, image, out, core
+
+
+def test_model_forward_sliding_window_matches_catseg(synthetic_root):
+    """Through SAMMI.forward (SAM parts off): the OVSS protocol's sliding window gives CAT-Seg's scores."""
+    cfg, model, image, out, core = _baseline_and_core(True, seed=5)
+    s = cfg.MODEL.SAM_MI.INFERENCE
     with torch.no_grad():
         ref = catseg_sliding_window(core, image.float(), model.clip.resolution, 120, 150, kernel=s.WINDOW_SIZE,
                                     overlap=s.WINDOW_OVERLAP, out_res=(s.OUT_RESOLUTION, s.OUT_RESOLUTION))
@@ -239,17 +247,7 @@ def test_model_forward_sliding_window_matches_catseg(synthetic_root):
 def test_model_forward_whole_image_matches_catseg(synthetic_root):
     """Through SAMMI.forward (SAM parts off): whole-image inference gives CATSeg.forward's test-time scores
     (normalise, zero-pad to 32, resize to CLIP's resolution, sigmoid, sem_seg_postprocess)."""
-    torch.manual_seed(0)
-    cfg = tiny_cfg("configs/tiny/sam_mi_tiny_baseline.yaml", opts=["MODEL.SAM_MI.INFERENCE.SLIDING_WINDOW", False])
-    model = build_model(cfg).eval()
-    image = random_image(100, 140, seed=6).round().to(torch.uint8)
-    out = model([{"image": image, "height": 120, "width": 150}])[0]["sem_seg"]
-    names = model.test_class_names
-
-    def core(x):
-        with identity_normalisation(model.clip):
-            return model.predict(x, names)["logits"]
-
+    _, model, image, out, core = _baseline_and_core(False, seed=6)
     with torch.no_grad():
         ref = catseg_whole_image(core, image.float(), model.clip.resolution, 32, 120, 150)
     assert_same(out, ref)
