@@ -191,3 +191,26 @@ def test_amg_count_runs_through_the_inference_path(trained_tiny_sam):
     strict = amg_masks_per_image(sam, val[:1], S)
     everything = amg_masks_per_image(sam, val[:1], S, pred_iou_thresh=-1.0, stability_score_thresh=0.0)
     assert 0 <= strict <= everything and everything >= 1
+
+
+def test_sam_mi_with_the_trained_sam_injects_several_masks(trained_tiny_sam, tmp_path):
+    """The trained checkpoint, loaded by SAM-MI through MODEL.SAM_MI.SAM.CHECKPOINT like SAM-H, gives several
+    distinct masks per image (prompts at different places select different regions), where the random tiny SAM
+    gives about one (its masks ignore the prompt and NMS merges them): the injection carries information."""
+    from detectron2.modeling import build_model
+
+    from conftest import tiny_cfg
+
+    sam, _, val = trained_tiny_sam
+    path = str(tmp_path / "sam_tiny.pth")
+    save_sam_checkpoint(sam, path)
+    counts = {}
+    for name, checkpoint in (("random", ""), ("trained", path)):
+        torch.manual_seed(0)
+        cfg = tiny_cfg(opts=["MODEL.SAM_MI.SAM.CHECKPOINT", checkpoint, "MODEL.SAM_MI.TSPP.SAMPLING", "grid"])
+        model = build_model(cfg).eval()
+        outs = model([{"image": v.image, "file_name": f"fixed_{i}"} for i, v in enumerate(val)])
+        counts[name] = [o["sam_mi"]["num_sam_masks"] for o in outs]
+        assert all(o["sam_mi"]["num_points"] == 16 * 16 for o in outs)
+    assert min(counts["trained"]) >= 3, counts
+    assert np.mean(counts["trained"]) >= 2 * np.mean(counts["random"]), counts
