@@ -62,9 +62,14 @@ def train(cfg) -> str:
 
 def evaluate(cfg, weights: str) -> Dict[str, float]:
     """mIoU, boundary IoU, SAM-MI's counts and ms per image of ``weights`` on DATASETS.TEST[0]."""
-    dataset = cfg.DATASETS.TEST[0]
     model = Trainer.build_model(cfg)
     CheckedCheckpointer(model).load(weights)
+    return evaluate_model(cfg, model)
+
+
+def evaluate_model(cfg, model: torch.nn.Module) -> Dict[str, float]:
+    """`evaluate` of a built model (its settings are the model's; ``cfg`` gives the dataset and the loader)."""
+    dataset = cfg.DATASETS.TEST[0]
     model.set_vocabulary(resolve_vocabulary(dataset, cfg.MODEL.SAM_MI.VOCABULARY_JSON))
     folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset)
     evaluator = DatasetEvaluators(
