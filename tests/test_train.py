@@ -93,7 +93,8 @@ def test_demo_runs_end_to_end(tmp_path):
     env = dict(os.environ, PYTHONPATH=REPO)
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "tools/demo.py"), "--output-dir", str(tmp_path),
-         "--stage1-iters", "3", "--stage2-iters", "3", "--num-train", "8", "--num-val", "2"],
+         "--stage1-iters", "3", "--stage2-iters", "3", "--num-train", "8", "--num-val", "2",
+         "--train-sam-iters", "3"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -104,6 +105,9 @@ def test_demo_runs_end_to_end(tmp_path):
     assert os.path.getsize(tmp_path / "predictions.png") > 1000 and os.path.getsize(tmp_path / "panel.png") > 1000
     for stage in ("baseline", "stage1", "stage2"):
         assert (tmp_path / stage / "model_final.pth").exists()
+    # the tiny SAM trained first, then loaded by stage 2 through MODEL.SAM_MI.SAM.CHECKPOINT
+    assert (tmp_path / "tiny_sam" / "sam_tiny.pth").exists() and "tiny SAM" in proc.stdout
+    assert "masks injected (" + str(tmp_path / "tiny_sam" / "sam_tiny.pth") in proc.stdout + proc.stderr
 
 
 def test_eval_only_command_line(synthetic_root, tmp_path):

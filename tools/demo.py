@@ -10,6 +10,8 @@ import logging
 import os
 import time
 
+import torch
+
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
@@ -28,6 +30,11 @@ def main() -> None:
     parser.add_argument("--num-val", type=int, default=16)
     parser.add_argument("--sam-checkpoint", default="",
                         help="a tiny SAM checkpoint (segment-anything format); empty: the random tiny SAM")
+    parser.add_argument("--train-sam-iters", type=int, default=0,
+                        help="first train the tiny SAM with SAM's recipe for this many iterations "
+                             "(tools/train_tiny_sam.py; reused by a second run) and inject its masks; 6000 (~4 min "
+                             "on one core) leaves the prompt-blind plateau (sam_mi/engine/sam_pretraining.py). "
+                             "0: --sam-checkpoint or the random tiny SAM, within the demo's 5-minute budget")
     args = parser.parse_args()
 
     out = os.path.abspath(args.output_dir)
@@ -42,7 +49,16 @@ def main() -> None:
         generate_synthetic_stuff(data_root, num_train=args.num_train, num_val=args.num_val, image_size=128, seed=0)
     logger.info("synthetic dataset ready under %s", data_root)
 
-    rows = run_demo(out, args.num_train, args.num_val, args.sam_checkpoint,
+    sam_checkpoint = args.sam_checkpoint
+    if args.train_sam_iters > 0:
+        from train_tiny_sam import main as train_tiny_sam  # tools/train_tiny_sam.py, next to this script
+
+        sam_checkpoint = os.path.join(out, "tiny_sam", "sam_tiny.pth")
+        threads = torch.get_num_threads()  # the SAM trainer runs on one thread; the demo's stages use them all
+        train_tiny_sam(["--dataset-root", data_root, "--output", sam_checkpoint, "--reuse",
+                        "--iters", str(args.train_sam_iters), "--min-region-area", "100"])
+        torch.set_num_threads(threads)
+    rows = run_demo(out, args.num_train, args.num_val, sam_checkpoint,
                     {"stage1": args.stage1_iters, "stage2": args.stage2_iters})
     table = effect_table(rows)
     with open(os.path.join(out, "results.md"), "w") as f:
