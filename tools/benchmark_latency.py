@@ -23,6 +23,11 @@ dataset's class names (voc_2012_test_sem_seg: 20, coco_2017_test_stuff_all_sem_s
 150, ade20k_full_sem_seg_freq_val_all: 847) or a JSON list of names; default: --images' dataset, else the config's
 DATASETS.TEST.
 
+--baseline-config times a SAM-less config (the CAT-Seg baseline, e.g. configs/coco-stuff-171/catseg_vitb16_384.yaml)
+on the same images with the same overrides and vocabulary, as the row "baseline", and adds the ratio
+learned_over_baseline (SAM-MI's total over CAT-Seg's; pass the protocol's MODEL.SAM_MI.INFERENCE.SLIDING_WINDOW
+True MODEL.SAM_MI.AGGREGATOR.POOLING_SIZES [1,1] for sliding-window evaluation).
+
 --embedding-cache DIR times a second evaluation of the same images with SAM's image-embedding cache
 (``MODEL.SAM_MI.SAM.EMBEDDING_CACHE``, sam_mi/modeling/sam/embedding_cache.py) instead of the sampling modes:
 one mode (--mode, "learned" for "all"), each image once per pass; pass 1 misses and fills the cache, pass 2 reads
@@ -52,8 +57,10 @@ STAGES = ["clip", "tspp", "sam_encoder", "sam_decoding", "smagg", "cost_head"]
 
 
 def benchmark(model, images: List[torch.Tensor], mode: str, iters: int, warmup: int) -> Dict:
-    """Mean ms per image for each stage, the total and the rest; mean points / SAM masks / masks per image."""
-    model.prompter.sampling = mode
+    """Mean ms per image for each stage, the total and the rest; mean points / SAM masks / masks per image.
+    ``mode`` is the prompter's sampling; a model without prompter (the CAT-Seg baseline) ignores it."""
+    if model.prompter is not None:
+        model.prompter.sampling = mode
     inputs = [{"image": im, "height": im.shape[-2], "width": im.shape[-1]} for im in images]
     for x in inputs[:warmup]:
         model([x])
@@ -120,6 +127,8 @@ def main() -> None:
                         help="class names: a registered dataset's, a JSON list, or N synthetic ones")
     parser.add_argument("--embedding-cache", default=None, metavar="DIR",
                         help="time two passes with SAM's embedding cache in DIR (a new folder) instead of the modes")
+    parser.add_argument("--baseline-config", default=None,
+                        help="also time this SAM-less config (CAT-Seg) on the same images, same overrides")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--json", default=None, help="write the results here")
@@ -181,6 +190,22 @@ def main() -> None:
     if model.prompter.head is None:
         modes = [m for m in modes if m != "learned"]
     results = {m: benchmark(model, images, m, args.iters, args.warmup) for m in modes}
+    vocabulary = list(model.test_class_names)
+    params = {  # Table 11's params column: the whole model and its frozen mask generator
+        "total": sum(p.numel() for p in model.parameters()) / 1e6,
+        "sam": sum(p.numel() for p in model.mask_generator.parameters()) / 1e6,
+    }
+    device = str(model.device)
+    if args.baseline_config:
+        del model  # one model in memory at a time
+        base_cfg = benchmark_cfg(args.baseline_config, args.opts, args.device, args.random_weights, None)
+        torch.manual_seed(0)
+        baseline = build_model(base_cfg).eval()
+        if base_cfg.MODEL.WEIGHTS:
+            DetectionCheckpointer(baseline).load(base_cfg.MODEL.WEIGHTS)
+        baseline.set_vocabulary(vocabulary)
+        results["baseline"] = benchmark(baseline, images, "baseline", args.iters, args.warmup)
+        params["baseline_total"] = sum(p.numel() for p in baseline.parameters()) / 1e6
     columns = STAGES + ["other", "total"]
     rows = [[m] + [f"{r[f'{k}_ms']:.1f}" for k in columns] + [f"{r['points_per_image']:.1f}",
             f"{r['sam_masks_per_image']:.1f}", f"{r['masks_per_image']:.1f}"] for m, r in results.items()]
@@ -192,22 +217,22 @@ def main() -> None:
     if "learned" in results:
         r = results["learned"]
         ratios["learned_over_encoders"] = r["total_ms"] / (r["clip_ms"] + r["sam_encoder_ms"])
+        if "baseline" in results:
+            ratios["learned_over_baseline"] = r["total_ms"] / results["baseline"]["total_ms"]
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}x")
     report = {
-        "device": str(model.device),
+        "device": device,
         "config": args.config_file,
+        "baseline_config": args.baseline_config,
         "opts": args.opts,
         "images": args.images or f"random {args.image_size[0]}x{args.image_size[1]}",
         "permissive_filters": bool(args.permissive_filters),
-        "vocabulary_size": len(model.test_class_names),
+        "vocabulary_size": len(vocabulary),
         "sam": {"variant": cfg.MODEL.SAM_MI.SAM.VARIANT, "type": cfg.MODEL.SAM_MI.SAM.MODEL_TYPE,
                 "image_size": cfg.MODEL.SAM_MI.SAM.IMAGE_SIZE, "random_weights": bool(args.random_weights)},
         "tspp_calibrated_to_points": args.expected_points if calibrate else None,
-        "params_M": {  # Table 11's params column: the whole model and its frozen mask generator
-            "total": sum(p.numel() for p in model.parameters()) / 1e6,
-            "sam": sum(p.numel() for p in model.mask_generator.parameters()) / 1e6,
-        },
+        "params_M": params,
         "results": results,
         "ratios": ratios,
         "torch_threads": torch.get_num_threads(),
