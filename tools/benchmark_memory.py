@@ -15,7 +15,8 @@ the config's). Memory is live tensor bytes above the weights: on a CPU from torc
 (sam_mi/utils/memory_trace.py: exact for PyTorch's allocator, run with --threads 1), on CUDA from
 max_memory_allocated; the process's peak resident size (weights, libraries, allocator caches included) is
 reported beside. --random-weights builds CLIP and SAM without checkpoints (sam_mi/engine/benchmarking.py),
-with SAM's filters permissive so that SMAgg and DMI get masks.
+with SAM's filters permissive so that SMAgg and DMI get masks. --json is rewritten (atomically) after every
+configuration.
 """
 import argparse
 import sys
@@ -51,7 +52,8 @@ def main(argv=None) -> dict:
         sys.exit(f"--chunks must be >= 0 (0 = all classes at once), got {args.chunks}")
 
     chunks = args.chunks if args.chunks is not None else [_config_chunk(args.config_file, args.opts)]
-    runs = []
+    report = {"config": args.config_file, "opts": list(args.opts), "method": None, "runs": []}
+    runs = report["runs"]
     for vocabulary in args.vocabularies:
         for chunk in chunks:
             print(f"vocabulary {vocabulary}, class chunk {chunk} ...", flush=True)
@@ -60,6 +62,9 @@ def main(argv=None) -> dict:
                 opts=list(args.opts), image_size=list(args.image_size), sliding_window=not args.whole_image,
                 random_weights=args.random_weights, sam_image_size=args.sam_image_size, device=args.device,
                 threads=args.threads))
+            report["method"] = runs[0]["method"]
+            if args.json:  # after every configuration: an interrupted sweep keeps what it measured
+                write_json_atomic(args.json, report)
     rows = [[r["vocabulary"], r["num_classes"], r["aggregated_classes"], r["class_chunk"]]
             + [f"{r['spans'].get(k, {}).get('rise_mb', 0.0):.1f}" for k, _ in COLUMNS]
             + [f"{r['peak_mb']:.1f}", f"{r['tensors_mb']['score_maps']:.1f}", f"{r['max_rss_mb']:.0f}"]
@@ -67,9 +72,6 @@ def main(argv=None) -> dict:
     print(f"MiB of live tensors above the weights ({runs[0]['device']}); per stage: its rise over the level it began at")
     print(tabulate(rows, headers=["vocabulary", "T", "aggregated", "chunk"] + [c for _, c in COLUMNS]
                    + ["peak", "score maps [T,H,W]", "max RSS"], tablefmt="github"))
-    report = {"config": args.config_file, "opts": list(args.opts), "method": runs[0]["method"], "runs": runs}
-    if args.json:
-        write_json_atomic(args.json, report)
     return report
 
 

@@ -125,17 +125,20 @@ def main() -> None:
     for name, fast in (("w/ SAM, fast path", True), ("w/ SAM, fast path off", False)):
         opts = list(args.opts) + ["MODEL.SAM_MI.SAM.SDPA", fast, "MODEL.SAM_MI.SAM.AMP", fast]
         settings[name] = load(args.config_file, opts, args.random_weights, device)
-    results = {name: measure(cfg, args.batch, args.crop, args.iters, args.warmup) for name, cfg in settings.items()}
-    base = results["w/o SAM (CAT-Seg)"]["ms_per_iter"]
-    for r in results.values():
-        r["overhead_vs_baseline"] = r["ms_per_iter"] / base - 1.0
+    results = {}
+    for name, cfg in settings.items():
+        results[name] = measure(cfg, args.batch, args.crop, args.iters, args.warmup)
+        base = results["w/o SAM (CAT-Seg)"]["ms_per_iter"]
+        for r in results.values():
+            r["overhead_vs_baseline"] = r["ms_per_iter"] / base - 1.0
+        if args.json:  # after every setting: an interrupted run keeps what it measured
+            write_json_atomic(args.json, {"device": device, "batch": args.batch, "crop": args.crop,
+                                          "iters": args.iters, "torch_threads": torch.get_num_threads(),
+                                          "results": results})
     rows = [[n, f"{r['ms_per_iter']:.0f}", f"{100 * r['overhead_vs_baseline']:+.0f} %", f"{r['peak_memory_mb']:.0f}",
              f"{r['trainable_M']:.2f}", f"{r['total_M']:.2f}"] for n, r in results.items()]
     print(tabulate(rows, headers=["setting", "ms / iter", "vs baseline", "peak MB", "trainable (M)", "total (M)"],
                    tablefmt="github"))
-    if args.json:
-        write_json_atomic(args.json, {"device": device, "batch": args.batch, "crop": args.crop, "iters": args.iters,
-                                      "torch_threads": torch.get_num_threads(), "results": results})
 
 
 if __name__ == "__main__":
