@@ -151,7 +151,8 @@ def test_model_config_switches_the_cache_on_at_test_time(tmp_path, sliding_windo
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     calls = []
-    model.mask_generator.sam.image_encoder.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    encoder = model.mask_generator.sam.image_encoder
+    encoder.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
     x = {"image": torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(3)),
          "file_name": "a.png"}
     first = model([x])[0]

@@ -6,9 +6,10 @@
 
 It times the model's own forward (``model([{"image": ...}])``, whole-image or sliding window as the config
 says): the stages are the named spans the model opens around them (sam_mi/utils/stage_timer.py: clip, tspp,
-sam_encoder, sam_decoding, smagg, cost_head), "total" is the wall time of the call, and "other" what no span
-covers (the "score_maps" span: sigmoid, merge and resize of the scores). The points and masks per image come from the model's output. Ratios (same images,
-same run): grid / learned total (paper Table 5: 5967 / 950 = 6.3x) and learned total / (CLIP + SAM encoders).
+sam_encoder, sam_decoding, smagg, cost_head), "total" is the wall time of the call, and "other" what none of
+them covers (mostly the "score_maps" span: sigmoid, merge and resize of the scores). The points and masks per
+image come from the model's output. Ratios (same images, same run): grid / learned total (paper Table 5:
+5967 / 950 = 6.3x) and learned total / (CLIP + SAM encoders).
 
 --random-weights reads no checkpoint: CLIP and SAM keep their real architectures, randomly initialised
 (``MODEL.SAM_MI.SAM.RANDOM_INIT``, built by the same builder as the model's SAM), and --sam-image-size lets SAM
@@ -137,7 +138,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    opts = list(args.opts) + (["MODEL.SAM_MI.SAM.EMBEDDING_CACHE", args.embedding_cache] if args.embedding_cache else [])
+    opts = list(args.opts)
+    if args.embedding_cache:
+        opts += ["MODEL.SAM_MI.SAM.EMBEDDING_CACHE", args.embedding_cache]
     try:
         cfg = benchmark_cfg(args.config_file, opts, args.device, args.random_weights, args.sam_image_size,
                             args.permissive_filters, args.expected_points)

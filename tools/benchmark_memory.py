@@ -69,7 +69,8 @@ def main(argv=None) -> dict:
             + [f"{r['spans'].get(k, {}).get('rise_mb', 0.0):.1f}" for k, _ in COLUMNS]
             + [f"{r['peak_mb']:.1f}", f"{r['tensors_mb']['score_maps']:.1f}", f"{r['max_rss_mb']:.0f}"]
             for r in runs]
-    print(f"MiB of live tensors above the weights ({runs[0]['device']}); per stage: its rise over the level it began at")
+    print(f"MiB of live tensors above the weights ({runs[0]['device']}); per stage: its rise over the level at which "
+          "it began")
     print(tabulate(rows, headers=["vocabulary", "T", "aggregated", "chunk"] + [c for _, c in COLUMNS]
                    + ["peak", "score maps [T,H,W]", "max RSS"], tablefmt="github"))
     return report

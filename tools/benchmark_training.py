@@ -8,7 +8,8 @@ CAT-Seg baseline and of SAM-MI at the same batch, with the SAM fast path on and 
         --crop 384 MODEL.SAM_MI.SAM.MODEL_TYPE vit_h
 
 Each setting trains the model's own forward / backward / optimizer step (sam_mi.engine.build_optimizer) on
-random images and labels of the training crop size; the first --warmup iterations are not timed. Peak
+random images and labels of the training crop size, TSPP's untrained maps rescaled to --expected-points points
+per image (default 41, the paper's A-150 average, Table 6); the first --warmup iterations are not timed. Peak
 memory is CUDA's max_memory_allocated on a GPU; on a CPU it is the weights, buffers and optimizer state plus the
 peak of the tensors allocated during two more iterations, traced with torch.profiler's allocation events
 (sam_mi/utils/memory_trace.py; exact for PyTorch's allocator with --threads 1), so that each setting has its
@@ -31,13 +32,16 @@ from sam_mi.utils.atomic_io import write_json_atomic
 from sam_mi.utils.memory_trace import TensorMemoryTrace
 
 
-def load(config: str, opts: List[str], random_weights: bool, device: str):
+def load(config: str, opts: List[str], random_weights: bool, device: str, expected_points: float):
     cfg = get_cfg()
     add_sam_mi_config(cfg)
     cfg.merge_from_file(config)
     cfg.merge_from_list(opts)
     cfg.MODEL.DEVICE = device
     cfg.MODEL.WEIGHTS = ""
+    # an untrained TSPP head's point count is arbitrary (~0.7 per grid cell): rescale its maps as the latency
+    # benchmark does, so that SAM decodes a realistic number of points per image
+    cfg.MODEL.SAM_MI.TSPP.CALIBRATE_POINTS = float(expected_points)
     if random_weights:
         cfg.MODEL.SAM_MI.CLIP.PRETRAINED = ""
         cfg.MODEL.SAM_MI.SAM.RANDOM_INIT = True
@@ -112,6 +116,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--random-weights", action="store_true", help="no checkpoint: random CLIP and SAM")
+    parser.add_argument("--expected-points", type=float, default=41.0,
+                        help="TSPP's maps rescaled to this many points per image (no weights are loaded)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--json", default=None)
@@ -121,10 +127,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
-    settings = {"w/o SAM (CAT-Seg)": load(args.baseline_config, [], args.random_weights, device)}
+    baseline = load(args.baseline_config, [], args.random_weights, device, args.expected_points)
+    settings = {"w/o SAM (CAT-Seg)": baseline}
     for name, fast in (("w/ SAM, fast path", True), ("w/ SAM, fast path off", False)):
         opts = list(args.opts) + ["MODEL.SAM_MI.SAM.SDPA", fast, "MODEL.SAM_MI.SAM.AMP", fast]
-        settings[name] = load(args.config_file, opts, args.random_weights, device)
+        settings[name] = load(args.config_file, opts, args.random_weights, device, args.expected_points)
     results = {}
     for name, cfg in settings.items():
         results[name] = measure(cfg, args.batch, args.crop, args.iters, args.warmup)
