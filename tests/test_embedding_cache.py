@@ -136,3 +136,30 @@ def test_cache_folder_errors_name_the_key(tmp_path):
     blocker.write_text("x")
     with pytest.raises(OSError, match="MODEL.SAM_MI.SAM.EMBEDDING_CACHE"):
         SAMEmbeddingCache(str(blocker / "sub"))
+
+
+@pytest.mark.parametrize("sliding_window", [False, True])
+def test_model_config_switches_the_cache_on_at_test_time(tmp_path, sliding_window):
+    """MODEL.SAM_MI.SAM.EMBEDDING_CACHE through build_model: a second evaluation of an image skips SAM's image
+    encoder (whole image, and the sliding window's once-per-image encoding) and predicts the same scores."""
+    from detectron2.modeling import build_model
+
+    from conftest import tiny_cfg
+
+    cfg = tiny_cfg(opts=["MODEL.SAM_MI.SAM.EMBEDDING_CACHE", str(tmp_path / "cache"),
+                         "MODEL.SAM_MI.INFERENCE.SLIDING_WINDOW", sliding_window])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    calls = []
+    encoder = model.mask_generator.sam.image_encoder
+    encoder.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    x = {"image": torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(3)),
+         "file_name": "a.png"}
+    first = model([x])[0]
+    assert calls == [1] and model.mask_generator.embedding_cache.misses == 1
+    second = model([x])[0]
+    assert calls == [1] and model.mask_generator.embedding_cache.hits == 1
+    assert torch.equal(first["sem_seg"], second["sem_seg"]) and first["sam_mi"] == second["sam_mi"]
+    model.train()
+    model([{"image": x["image"], "sem_seg": torch.zeros(96, 128, dtype=torch.long)}])  # training never reads it
+    assert calls == [1, 1] and model.mask_generator.embedding_cache.hits == 1

@@ -6,9 +6,10 @@
 
 It times the model's own forward (``model([{"image": ...}])``, whole-image or sliding window as the config
 says): the stages are the named spans the model opens around them (sam_mi/utils/stage_timer.py: clip, tspp,
-sam_encoder, sam_decoding, smagg, cost_head), "total" is the wall time of the call, and "other" what no span
-covers (score upsampling). The points and masks per image come from the model's output. Ratios (same images,
-same run): grid / learned total (paper Table 5: 5967 / 950 = 6.3x) and learned total / (CLIP + SAM encoders).
+sam_encoder, sam_decoding, smagg, cost_head), "total" is the wall time of the call, and "other" what none of
+them covers (mostly the "score_maps" span: sigmoid, merge and resize of the scores). The points and masks per
+image come from the model's output. Ratios (same images, same run): grid / learned total (paper Table 5:
+5967 / 950 = 6.3x) and learned total / (CLIP + SAM encoders).
 
 --random-weights reads no checkpoint: CLIP and SAM keep their real architectures, randomly initialised
 (``MODEL.SAM_MI.SAM.RANDOM_INIT``, built by the same builder as the model's SAM), and --sam-image-size lets SAM
@@ -18,10 +19,25 @@ through ``MODEL.SAM_MI.TSPP.CALIBRATE_POINTS``. With random weights no mask pass
 and DMI would go untimed: --permissive-filters keeps every decoded mask (predicted-IoU and stability thresholds
 off; NMS, SMAgg and DMI then run on realistic numbers of masks, reported beside the times).
 --images reads the evaluation images of a registered dataset (e.g. ade20k_150_test_sem_seg, or the synthetic
-validation set) instead of random ones, through the test mapper.
+validation set) instead of random ones, through the test mapper. --vocabulary prompts the model with a registered
+dataset's class names (voc_2012_test_sem_seg: 20, coco_2017_test_stuff_all_sem_seg: 171, ade20k_150_test_sem_seg:
+150, ade20k_full_sem_seg_freq_val_all: 847) or a JSON list of names; default: --images' dataset, else the config's
+DATASETS.TEST.
+
+--baseline-config times a SAM-less config (the CAT-Seg baseline, e.g. configs/coco-stuff-171/catseg_vitb16_384.yaml)
+on the same images with the same overrides and vocabulary, as the row "baseline", and adds the ratio
+learned_over_baseline (SAM-MI's total over CAT-Seg's; pass the protocol's MODEL.SAM_MI.INFERENCE.SLIDING_WINDOW
+True MODEL.SAM_MI.AGGREGATOR.POOLING_SIZES [1,1] for sliding-window evaluation).
+
+--embedding-cache DIR times a second evaluation of the same images with SAM's image-embedding cache
+(``MODEL.SAM_MI.SAM.EMBEDDING_CACHE``, sam_mi/modeling/sam/embedding_cache.py) instead of the sampling modes:
+one mode (--mode, "learned" for "all"), each image once per pass; pass 1 misses and fills the cache, pass 2 reads
+it and skips the encoder. Its "sam_encoder" span then is the cache look-up. The JSON's "embedding_cache" holds
+both passes' times with the cache hits, misses and SAM image-encoder calls of each. The warm-up runs on one
+extra image, so that it does not fill the cache for the timed ones; give a new folder (entries left by an
+earlier run make pass 1 hit too, which the counts show).
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -30,20 +46,22 @@ from typing import Dict, List
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from tabulate import tabulate
 
-from sam_mi import add_sam_mi_config
 from sam_mi.data.vocabulary import resolve_vocabulary
+from sam_mi.engine.benchmarking import benchmark_cfg, vocabulary_from_spec
+from sam_mi.utils.atomic_io import write_json_atomic
 from sam_mi.utils.stage_timer import StageTimer
 
 STAGES = ["clip", "tspp", "sam_encoder", "sam_decoding", "smagg", "cost_head"]
 
 
 def benchmark(model, images: List[torch.Tensor], mode: str, iters: int, warmup: int) -> Dict:
-    """Mean ms per image for each stage, the total and the rest; mean points / SAM masks / masks per image."""
-    model.prompter.sampling = mode
+    """Mean ms per image for each stage, the total and the rest; mean points / SAM masks / masks per image.
+    ``mode`` is the prompter's sampling; a model without prompter (the CAT-Seg baseline) ignores it."""
+    if model.prompter is not None:
+        model.prompter.sampling = mode
     inputs = [{"image": im, "height": im.shape[-2], "width": im.shape[-1]} for im in images]
     for x in inputs[:warmup]:
         model([x])
@@ -72,6 +90,26 @@ def benchmark(model, images: List[torch.Tensor], mode: str, iters: int, warmup: 
     return result
 
 
+def cached_passes(model, images: List[torch.Tensor], mode: str, warmup_images: List[torch.Tensor]) -> Dict:
+    """Two passes over ``images`` with the model's SAM embedding cache: times and cache counts of each."""
+    cache = model.mask_generator.embedding_cache
+    encoder = getattr(getattr(model.mask_generator, "sam", None), "image_encoder", None)
+    calls = []
+    if encoder is not None:  # counts SAM image-encoder forwards (segment-anything's variants)
+        encoder.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    benchmark(model, warmup_images, mode, 1, 0)  # warm-up on other images: the timed ones stay uncached
+    report = {}
+    for name in ("first", "second"):
+        hits, misses, n_calls = cache.hits, cache.misses, len(calls)
+        result = benchmark(model, images, mode, 1, 0)
+        result.update(cache_hits=cache.hits - hits, cache_misses=cache.misses - misses,
+                      encoder_images=sum(calls[n_calls:]) if encoder is not None else None)
+        report[name] = result
+    report["second_over_first_total"] = report["second"]["total_ms"] / report["first"]["total_ms"]
+    report["encoder_ms_saved"] = report["first"]["sam_encoder_ms"] - report["second"]["sam_encoder_ms"]
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True)
@@ -86,52 +124,91 @@ def main() -> None:
     parser.add_argument("--permissive-filters", action="store_true",
                         help="keep every decoded mask (random weights: makes NMS, SMAgg and DMI run)")
     parser.add_argument("--images", default=None, help="a registered dataset whose images are timed")
+    parser.add_argument("--vocabulary", default=None,
+                        help="class names: a registered dataset's, a JSON list, or N synthetic ones")
+    parser.add_argument("--embedding-cache", default=None, metavar="DIR",
+                        help="time two passes with SAM's embedding cache in DIR (a new folder) instead of the modes")
+    parser.add_argument("--baseline-config", default=None,
+                        help="also time this SAM-less config (CAT-Seg) on the same images, same overrides")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
-    cfg = get_cfg()
-    add_sam_mi_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.MODEL.DEVICE = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    opts = list(args.opts)
+    if args.embedding_cache:
+        opts += ["MODEL.SAM_MI.SAM.EMBEDDING_CACHE", args.embedding_cache]
+    try:
+        cfg = benchmark_cfg(args.config_file, opts, args.device, args.random_weights, args.sam_image_size,
+                            args.permissive_filters, args.expected_points)
+    except ValueError as e:
+        sys.exit(str(e))
     if not cfg.MODEL.SAM_MI.SAM.ENABLED:
         sys.exit("benchmark_latency times SAM-MI's SAM stages: use a config with MODEL.SAM_MI.SAM.ENABLED True")
-    if args.random_weights:
-        cfg.MODEL.WEIGHTS = ""
-        cfg.MODEL.SAM_MI.CLIP.PRETRAINED = ""
-        cfg.MODEL.SAM_MI.SAM.RANDOM_INIT = True
-        if args.sam_image_size:
-            cfg.MODEL.SAM_MI.SAM.IMAGE_SIZE = args.sam_image_size
-    elif args.sam_image_size:
-        sys.exit("--sam-image-size needs --random-weights (official checkpoints run at 1024)")
-    if args.permissive_filters:
-        cfg.MODEL.SAM_MI.SAM.PRED_IOU_THRESH = -1e9
-        cfg.MODEL.SAM_MI.SAM.STABILITY_SCORE_THRESH = 0.0
     calibrate = not cfg.MODEL.WEIGHTS
-    if calibrate:
-        cfg.MODEL.SAM_MI.TSPP.CALIBRATE_POINTS = args.expected_points
-    cfg.freeze()
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     if cfg.MODEL.WEIGHTS:
         DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    extra = 1 if args.embedding_cache else 0  # the cache's warm-up image, never timed
     if args.images:
         from sam_mi.engine import Trainer
 
         model.set_vocabulary(resolve_vocabulary(args.images))
         loader = Trainer.build_test_loader(cfg, args.images)
-        images = [batch[0]["image"] for _, batch in zip(range(args.num_images), loader)]
+        images = [batch[0]["image"] for _, batch in zip(range(args.num_images + extra), loader)]
+        if len(images) < args.num_images + extra:
+            sys.exit(f"--images {args.images}: {len(images)} images, {args.num_images + extra} needed")
     else:
         gen = torch.Generator().manual_seed(0)
         images = [torch.randint(0, 256, (3, *args.image_size), generator=gen, dtype=torch.uint8)
-                  for _ in range(args.num_images)]
+                  for _ in range(args.num_images + extra)]
+    if args.vocabulary:
+        model.set_vocabulary(vocabulary_from_spec(args.vocabulary))
+    if args.embedding_cache:
+        mode = "learned" if args.mode == "all" else args.mode
+        if mode == "learned" and model.prompter.head is None:
+            sys.exit("--embedding-cache: the config has no TSPP head; pick --mode grid or random")
+        passes = cached_passes(model, images[:-1], mode, images[-1:])
+        columns = STAGES + ["other", "total"]
+        rows = [[name] + [f"{r[f'{k}_ms']:.1f}" for k in columns] + [r["cache_hits"], r["cache_misses"],
+                r["encoder_images"]] for name, r in ((k, passes[k]) for k in ("first", "second"))]
+        print(tabulate(rows, headers=["pass"] + [f"{k} ms" for k in columns] + ["hits", "misses", "encoded"],
+                       tablefmt="github"))
+        print(f"second / first total: {passes['second_over_first_total']:.2f}x, "
+              f"SAM encoder ms saved per image: {passes['encoder_ms_saved']:.1f}")
+        if args.json:
+            write_json_atomic(args.json, {
+                "device": str(model.device), "config": args.config_file, "opts": args.opts, "mode": mode,
+                "images": args.images or f"random {args.image_size[0]}x{args.image_size[1]}",
+                "num_images": len(images) - 1, "vocabulary_size": len(model.test_class_names),
+                "embedding_cache": passes, "torch_threads": torch.get_num_threads(),
+            })
+        return
 
     modes = ["learned", "grid", "random"] if args.mode == "all" else [args.mode]
     if model.prompter.head is None:
         modes = [m for m in modes if m != "learned"]
     results = {m: benchmark(model, images, m, args.iters, args.warmup) for m in modes}
+    vocabulary = list(model.test_class_names)
+    params = {  # Table 11's params column: the whole model and its frozen mask generator
+        "total": sum(p.numel() for p in model.parameters()) / 1e6,
+        "sam": sum(p.numel() for p in model.mask_generator.parameters()) / 1e6,
+    }
+    device = str(model.device)
+    if args.baseline_config:
+        del model  # one model in memory at a time
+        base_cfg = benchmark_cfg(args.baseline_config, args.opts, args.device, args.random_weights, None)
+        torch.manual_seed(0)
+        baseline = build_model(base_cfg).eval()
+        if base_cfg.MODEL.WEIGHTS:
+            DetectionCheckpointer(baseline).load(base_cfg.MODEL.WEIGHTS)
+        baseline.set_vocabulary(vocabulary)
+        results["baseline"] = benchmark(baseline, images, "baseline", args.iters, args.warmup)
+        params["baseline_total"] = sum(p.numel() for p in baseline.parameters()) / 1e6
     columns = STAGES + ["other", "total"]
     rows = [[m] + [f"{r[f'{k}_ms']:.1f}" for k in columns] + [f"{r['points_per_image']:.1f}",
             f"{r['sam_masks_per_image']:.1f}", f"{r['masks_per_image']:.1f}"] for m, r in results.items()]
@@ -143,30 +220,28 @@ def main() -> None:
     if "learned" in results:
         r = results["learned"]
         ratios["learned_over_encoders"] = r["total_ms"] / (r["clip_ms"] + r["sam_encoder_ms"])
+        if "baseline" in results:
+            ratios["learned_over_baseline"] = r["total_ms"] / results["baseline"]["total_ms"]
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}x")
     report = {
-        "device": str(model.device),
+        "device": device,
         "config": args.config_file,
+        "baseline_config": args.baseline_config,
         "opts": args.opts,
         "images": args.images or f"random {args.image_size[0]}x{args.image_size[1]}",
         "permissive_filters": bool(args.permissive_filters),
-        "vocabulary_size": len(model.test_class_names),
+        "vocabulary_size": len(vocabulary),
         "sam": {"variant": cfg.MODEL.SAM_MI.SAM.VARIANT, "type": cfg.MODEL.SAM_MI.SAM.MODEL_TYPE,
                 "image_size": cfg.MODEL.SAM_MI.SAM.IMAGE_SIZE, "random_weights": bool(args.random_weights)},
         "tspp_calibrated_to_points": args.expected_points if calibrate else None,
-        "params_M": {  # Table 11's params column: the whole model and its frozen mask generator
-            "total": sum(p.numel() for p in model.parameters()) / 1e6,
-            "sam": sum(p.numel() for p in model.mask_generator.parameters()) / 1e6,
-        },
+        "params_M": params,
         "results": results,
         "ratios": ratios,
         "torch_threads": torch.get_num_threads(),
     }
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        write_json_atomic(args.json, report)
 
 
 if __name__ == "__main__":

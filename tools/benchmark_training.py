@@ -8,14 +8,16 @@ CAT-Seg baseline and of SAM-MI at the same batch, with the SAM fast path on and 
         --crop 384 MODEL.SAM_MI.SAM.MODEL_TYPE vit_h
 
 Each setting trains the model's own forward / backward / optimizer step (sam_mi.engine.build_optimizer) on
-random images and labels of the training crop size; the first --warmup iterations are not timed. Peak
-memory is CUDA's max_memory_allocated on a GPU and the process's peak resident size on a CPU (a coarse
-upper bound there). The paper: 471 -> 746 ms per iteration (+58 %), 25 -> 28 M trainable, 154 -> 798 M total.
+random images and labels of the training crop size, TSPP's untrained maps rescaled to --expected-points points
+per image (default 41, the paper's A-150 average, Table 6); the first --warmup iterations are not timed. Peak
+memory is CUDA's max_memory_allocated on a GPU; on a CPU it is the weights, buffers and optimizer state plus the
+peak of the tensors allocated during two more iterations, traced with torch.profiler's allocation events
+(sam_mi/utils/memory_trace.py; exact for PyTorch's allocator with --threads 1), so that each setting has its
+own number in one process. The paper: 471 -> 746 ms per iteration (+58 %), 25 -> 28 M trainable, 154 -> 798 M
+total.
 """
 import argparse
-import json
-import os
-import resource
+import gc
 import time
 from typing import Dict, List
 
@@ -26,15 +28,20 @@ from tabulate import tabulate
 
 from sam_mi import add_sam_mi_config
 from sam_mi.engine import build_optimizer
+from sam_mi.utils.atomic_io import write_json_atomic
+from sam_mi.utils.memory_trace import TensorMemoryTrace
 
 
-def load(config: str, opts: List[str], random_weights: bool, device: str):
+def load(config: str, opts: List[str], random_weights: bool, device: str, expected_points: float):
     cfg = get_cfg()
     add_sam_mi_config(cfg)
     cfg.merge_from_file(config)
     cfg.merge_from_list(opts)
     cfg.MODEL.DEVICE = device
     cfg.MODEL.WEIGHTS = ""
+    # an untrained TSPP head's point count is arbitrary (~0.7 per grid cell): rescale its maps as the latency
+    # benchmark does, so that SAM decodes a realistic number of points per image
+    cfg.MODEL.SAM_MI.TSPP.CALIBRATE_POINTS = float(expected_points)
     if random_weights:
         cfg.MODEL.SAM_MI.CLIP.PRETRAINED = ""
         cfg.MODEL.SAM_MI.SAM.RANDOM_INIT = True
@@ -42,10 +49,11 @@ def load(config: str, opts: List[str], random_weights: bool, device: str):
     return cfg
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+def static_mb(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> float:
+    """Weights, buffers and optimizer state (what lives between iterations), in MiB."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    tensors += [t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
+    return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values()) / 2**20
 
 
 def measure(cfg, batch: int, crop: int, iters: int, warmup: int) -> Dict[str, float]:
@@ -60,24 +68,39 @@ def measure(cfg, batch: int, crop: int, iters: int, warmup: int) -> Dict[str, fl
                for _ in range(2)]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+
+    def step(batch) -> None:
+        losses = model(batch)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+
     times = []
     for it in range(warmup + iters):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        losses = model(batches[it % 2])
-        optimizer.zero_grad()
-        sum(losses.values()).backward()
-        optimizer.step()
+        step(batches[it % 2])
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if it >= warmup:
             times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+    else:  # two more iterations, traced (not timed: the profiler slows them down). Gradients are dropped
+        # first, so that every tensor besides the static ones is allocated under the trace and its free is seen:
+        # the second iteration's forward then runs beside the first one's gradients, as in detectron2's loop.
+        optimizer.zero_grad(set_to_none=True)
+        gc.collect()
+        with TensorMemoryTrace(device) as trace:
+            step(batches[0])
+            step(batches[1])
+        peak = static_mb(model, optimizer) + trace.peak_bytes / 2**20
     params = list(model.named_parameters())
     frozen_sam = sum(p.numel() for n, p in params if n.startswith("mask_generator."))
     return {
         "ms_per_iter": 1000.0 * sum(times) / len(times),
-        "peak_memory_mb": peak_memory_mb(device),
+        "peak_memory_mb": peak,
         "trainable_M": sum(p.numel() for _, p in params if p.requires_grad) / 1e6,
         "total_M": sum(p.numel() for _, p in params) / 1e6,
         "frozen_sam_M": frozen_sam / 1e6,
@@ -93,28 +116,36 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--random-weights", action="store_true", help="no checkpoint: random CLIP and SAM")
+    parser.add_argument("--expected-points", type=float, default=41.0,
+                        help="TSPP's maps rescaled to this many points per image (no weights are loaded)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--json", default=None)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of the SAM-MI config")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
-    settings = {"w/o SAM (CAT-Seg)": load(args.baseline_config, [], args.random_weights, device)}
+    baseline = load(args.baseline_config, [], args.random_weights, device, args.expected_points)
+    settings = {"w/o SAM (CAT-Seg)": baseline}
     for name, fast in (("w/ SAM, fast path", True), ("w/ SAM, fast path off", False)):
         opts = list(args.opts) + ["MODEL.SAM_MI.SAM.SDPA", fast, "MODEL.SAM_MI.SAM.AMP", fast]
-        settings[name] = load(args.config_file, opts, args.random_weights, device)
-    results = {name: measure(cfg, args.batch, args.crop, args.iters, args.warmup) for name, cfg in settings.items()}
-    base = results["w/o SAM (CAT-Seg)"]["ms_per_iter"]
-    for r in results.values():
-        r["overhead_vs_baseline"] = r["ms_per_iter"] / base - 1.0
+        settings[name] = load(args.config_file, opts, args.random_weights, device, args.expected_points)
+    results = {}
+    for name, cfg in settings.items():
+        results[name] = measure(cfg, args.batch, args.crop, args.iters, args.warmup)
+        base = results["w/o SAM (CAT-Seg)"]["ms_per_iter"]
+        for r in results.values():
+            r["overhead_vs_baseline"] = r["ms_per_iter"] / base - 1.0
+        if args.json:  # after every setting: an interrupted run keeps what it measured
+            write_json_atomic(args.json, {"device": device, "batch": args.batch, "crop": args.crop,
+                                          "iters": args.iters, "torch_threads": torch.get_num_threads(),
+                                          "results": results})
     rows = [[n, f"{r['ms_per_iter']:.0f}", f"{100 * r['overhead_vs_baseline']:+.0f} %", f"{r['peak_memory_mb']:.0f}",
              f"{r['trainable_M']:.2f}", f"{r['total_M']:.2f}"] for n, r in results.items()]
     print(tabulate(rows, headers=["setting", "ms / iter", "vs baseline", "peak MB", "trainable (M)", "total (M)"],
                    tablefmt="github"))
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"device": device, "batch": args.batch, "crop": args.crop, "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":

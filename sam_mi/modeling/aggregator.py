@@ -33,6 +33,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from .layers.class_attention import ClassTransformerLayer, even_chunks
 from .layers.swin_blocks import SwinTransformerBlockWrapper
@@ -281,18 +282,22 @@ class Aggregator(nn.Module):
         B, T = text_feats.shape[:2]
         h, w = self.feature_resolution
 
-        corr = cost_volume(img_feats, text_feats)  # [B, T, P, h, w], Eq. 1
-        classes = None
-        if self.pad_len > 0 and T > self.pad_len:
-            classes = select_top_classes(corr, self.pad_len)  # [B, K]
-            corr = torch.gather(corr, 1, classes[:, :, None, None, None].expand(-1, -1, *corr.shape[2:]))
-            text_n = F.normalize(text_feats, dim=-1)
-            text_feats = torch.gather(text_n, 1, classes[:, :, None, None].expand(-1, -1, *text_n.shape[2:]))
-        Tk = corr.shape[1]
+        # profiler spans named like the model's stages (tools/benchmark_memory.py); plain record_function keeps
+        # this module free of package imports (tools/benchmark_aggregator.py loads it from git alone)
+        with record_function("sam_mi/cost_volume"):
+            corr = cost_volume(img_feats, text_feats)  # [B, T, P, h, w], Eq. 1
+            classes = None
+            if self.pad_len > 0 and T > self.pad_len:
+                classes = select_top_classes(corr, self.pad_len)  # [B, K]
+                corr = torch.gather(corr, 1, classes[:, :, None, None, None].expand(-1, -1, *corr.shape[2:]))
+                text_n = F.normalize(text_feats, dim=-1)
+                text_feats = torch.gather(text_n, 1, classes[:, :, None, None].expand(-1, -1, *text_n.shape[2:]))
+            Tk = corr.shape[1]
 
-        # cost embedding: conv over (P templates as channels) per class -> [B, Tk, h, w, C]
-        x = self.conv1(corr.reshape(B * Tk, self.prompt_channel, h, w))
-        x = x.reshape(B, Tk, self.hidden_dim, h, w).permute(0, 1, 3, 4, 2)
+            # cost embedding: conv over (P templates as channels) per class -> [B, Tk, h, w, C]
+            x = self.conv1(corr.reshape(B * Tk, self.prompt_channel, h, w))
+            x = x.reshape(B, Tk, self.hidden_dim, h, w).permute(0, 1, 3, 4, 2)
+            del corr
 
         app_guid = self.guidance_projection(appearance_guidance)  # [B, Ca', h, w]
         # channels-last convolutions in the decoder (oneDNN's fast layout; the tokens already are channels-last)
@@ -303,12 +308,13 @@ class Aggregator(nn.Module):
         text_guid = F.normalize(text_feats.mean(dim=2), dim=-1)
         text_guid = self.text_guidance_projection(text_guid)  # [B, Tk, Ct']
 
-        for layer in self.layers:
-            x = self._per_class(lambda t: layer.swin_block(t, app_guid), x)
-            x = layer.attention(x, text_guid)
-        logits = self._per_class(lambda t: self._decode(t, dec_guid), x)
-
-        if classes is not None:
-            out = logits.new_full((B, T, 4 * h, 4 * w), -100.0)
-            logits = out.scatter(1, classes[:, :, None, None].expand(-1, -1, 4 * h, 4 * w), logits)
+        with record_function("sam_mi/aggregation"):
+            for layer in self.layers:
+                x = self._per_class(lambda t: layer.swin_block(t, app_guid), x)
+                x = layer.attention(x, text_guid)
+        with record_function("sam_mi/decoder"):
+            logits = self._per_class(lambda t: self._decode(t, dec_guid), x)
+            if classes is not None:
+                out = logits.new_full((B, T, 4 * h, 4 * w), -100.0)
+                logits = out.scatter(1, classes[:, :, None, None].expand(-1, -1, 4 * h, 4 * w), logits)
         return logits

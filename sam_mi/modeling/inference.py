@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..utils.stage_timer import stage
+
 __all__ = [
     "CLASS_CHUNK",
     "pad_to_divisible",
@@ -99,10 +101,11 @@ def whole_image_inference(
     if logits.dim() != 4 or logits.shape[0] != 1:
         raise ValueError(f"predict must return logits [1, T, h, w] for one image, got {tuple(logits.shape)}")
     num_classes = logits.shape[1]
-    out = torch.empty(num_classes, *out_size, device=logits.device, dtype=torch.float32)
-    for start in range(0, num_classes, CLASS_CHUNK):
-        probs = logits[0, start : start + CLASS_CHUNK].float().sigmoid()
-        out[start : start + probs.shape[0]] = sem_seg_postprocess(probs, image_size, out_size)
+    with stage("score_maps"):
+        out = torch.empty(num_classes, *out_size, device=logits.device, dtype=torch.float32)
+        for start in range(0, num_classes, CLASS_CHUNK):
+            probs = logits[0, start : start + CLASS_CHUNK].float().sigmoid()
+            out[start : start + probs.shape[0]] = sem_seg_postprocess(probs, image_size, out_size)
     return out
 
 
@@ -215,4 +218,6 @@ def sliding_window_inference(
     [V, T, h, w]; see :func:`sliding_window_views` and :func:`merge_sliding_window`.
     """
     views, stride = sliding_window_views(image, window, overlap, out_res)
-    return merge_sliding_window(predict(views), window, stride, out_res, out_size)
+    logits = predict(views)
+    with stage("score_maps"):
+        return merge_sliding_window(logits, window, stride, out_res, out_size)
