@@ -30,6 +30,8 @@ def main() -> None:
     parser.add_argument("--num-val", type=int, default=16)
     parser.add_argument("--sam-checkpoint", default="",
                         help="a tiny SAM checkpoint (segment-anything format); empty: the random tiny SAM")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="processes for the baseline's and SAM-MI's trainings (independent); 1: in order")
     parser.add_argument("--train-sam-iters", type=int, default=0,
                         help="first train the tiny SAM with SAM's recipe for this many iterations "
                              "(tools/train_tiny_sam.py; reused by a second run) and inject its masks; 6000 (~4 min "
@@ -59,7 +61,7 @@ def main() -> None:
                         "--iters", str(args.train_sam_iters), "--min-region-area", "100"])
         torch.set_num_threads(threads)
     rows = run_demo(out, args.num_train, args.num_val, sam_checkpoint,
-                    {"stage1": args.stage1_iters, "stage2": args.stage2_iters})
+                    {"stage1": args.stage1_iters, "stage2": args.stage2_iters}, workers=args.workers)
     table = effect_table(rows)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write("# SAM-MI tiny demo: synthetic validation set, whole-image inference\n\n" + table + "\n")

@@ -5,22 +5,26 @@ Steps (each skipped when its output exists, so a second run reuses them):
   1. the tiny SAM: random, or a checkpoint trained like SAM (tools/train_tiny_sam.py; the demo's
      --sam-checkpoint), loaded through MODEL.SAM_MI.SAM.CHECKPOINT exactly as SAM-H is;
   2. the CAT-Seg baseline (SAM parts off) and SAM-MI (stage 1 TSPP, stage 2 with SAM's masks injected),
-     same seed, data and stage-2 schedule;
+     same seed, data and stage-2 schedule, trained in two processes at once (they are independent);
   3. evaluation of the baseline and of SAM-MI with TSPP, grid and random-64 prompts (Table 5 at tiny scale)
      and with the oracle's masks (the ceiling of mask injection): mIoU, boundary IoU, points / SAM masks /
      injected masks and milliseconds per image;
   4. results.md, predictions.png and a predictor panel of one validation image.
 """
 import logging
+import multiprocessing
 import os
 import time
-from typing import Dict, List, Optional, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluators, inference_on_dataset
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
 from ..config import add_sam_mi_config
@@ -141,24 +145,56 @@ def load_model(cfg, weights: str) -> torch.nn.Module:
     return model
 
 
+def train_jobs(jobs: Sequence[Tuple[str, "CfgNode"]], log_file: str = "", threads: int = 0) -> List[str]:  # noqa: F821
+    """Train each (title, config) in order, each from the same seed (model initialisation repeats: the
+    baseline and SAM-MI start from the same CLIP); returns their model_final.pth files. ``log_file`` and
+    ``threads`` set up a worker process (its own log file, torch threads)."""
+    if threads:
+        torch.set_num_threads(threads)
+    if log_file:
+        setup_logger(output=log_file, name="sam_mi")
+        setup_logger(output=log_file, name="detectron2", abbrev_name="d2")
+    weights = []
+    for title, cfg in jobs:
+        logger.info("=== %s, %d iterations", title, cfg.SOLVER.MAX_ITER)
+        seed_all_rng(0)
+        weights.append(train(cfg))
+    return weights
+
+
+def train_jobs_in_parallel(chains: Dict[str, Sequence[Tuple[str, "CfgNode"]]], out: str,  # noqa: F821
+                           workers: int = 2) -> Dict[str, List[str]]:
+    """`train_jobs` for each independent chain (the baseline; SAM-MI's stage 1 then stage 2), in ``workers``
+    processes of one thread each: the tiny models are too small for a second thread to pay, so on a 2-core
+    machine two processes halve the demo's training time. ``workers`` 1 trains in this process, in order."""
+    if workers <= 1:
+        return {name: train_jobs(jobs) for name, jobs in chains.items()}
+    context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's thread pools
+    with ProcessPoolExecutor(min(workers, len(chains)), mp_context=context) as pool:
+        futures = {name: pool.submit(train_jobs, jobs, os.path.join(out, f"log_{name}.txt"), 1)
+                   for name, jobs in chains.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
 def run_demo(out: str, num_train: int, num_val: int, sam_checkpoint: str, iters: Optional[Dict[str, int]] = None,
-             panel_image: Optional[str] = None) -> Dict[str, Dict[str, float]]:
-    """Steps 2-4 of the module docstring (data and tiny SAM prepared by the caller); returns the table's rows."""
+             panel_image: Optional[str] = None, workers: int = 2) -> Dict[str, Dict[str, float]]:
+    """Steps 2-4 of the module docstring (data and tiny SAM prepared by the caller); returns the table's rows.
+    ``workers``: processes for the two independent trainings (`train_jobs_in_parallel`)."""
     iters = iters or {}
     sam = ["MODEL.SAM_MI.SAM.CHECKPOINT", sam_checkpoint]
     stage1 = load_cfg("configs/tiny/sam_mi_tiny_stage1.yaml", os.path.join(out, "stage1"),
                       ["SOLVER.MAX_ITER", iters.get("stage1", 100)])
     stage2_opts = ["SOLVER.MAX_ITER", iters.get("stage2", 800)]
     baseline = load_cfg("configs/tiny/sam_mi_tiny_baseline.yaml", os.path.join(out, "baseline"), stage2_opts)
-    logger.info("=== CAT-Seg baseline (SAM parts off), %d iterations", baseline.SOLVER.MAX_ITER)
-    baseline_weights = train(baseline)
-    logger.info("=== SAM-MI stage 1: TSPP alone, %d iterations", stage1.SOLVER.MAX_ITER)
-    stage1_weights = train(stage1)
+    stage1_weights = os.path.join(stage1.OUTPUT_DIR, "model_final.pth")
     stage2 = load_cfg("configs/tiny/sam_mi_tiny_stage2.yaml", os.path.join(out, "stage2"),
                       stage2_opts + sam + ["MODEL.WEIGHTS", stage1_weights])
-    logger.info("=== SAM-MI stage 2: the tiny SAM's masks injected (%s), %d iterations",
-                sam_checkpoint or "random weights", stage2.SOLVER.MAX_ITER)
-    stage2_weights = train(stage2)
+    jobs = {"baseline": [("CAT-Seg baseline (SAM parts off)", baseline)],
+            "sam_mi": [("SAM-MI stage 1: TSPP alone", stage1),
+                       (f"SAM-MI stage 2: the tiny SAM's masks injected ({sam_checkpoint or 'random weights'})",
+                        stage2)]}
+    trained = train_jobs_in_parallel(jobs, out, workers)
+    baseline_weights, stage2_weights = trained["baseline"][0], trained["sam_mi"][1]
 
     settings = {
         "CAT-Seg baseline": (baseline, baseline_weights, []),
