@@ -26,8 +26,9 @@ from tabulate import tabulate
 from sam_mi.engine.memory_benchmark import run_isolated
 from sam_mi.utils.atomic_io import write_json_atomic
 
-COLUMNS = [("text_encoding", "text enc"), ("cost_volume", "cost volume"), ("aggregation", "aggregation"),
-           ("decoder", "decoder"), ("cost_head", "cost head"), ("score_maps", "score maps")]
+COLUMNS = [("text_encoding", "text enc"), ("tspp", "tspp"), ("cost_volume", "cost volume"),
+           ("aggregation", "aggregation"), ("decoder", "decoder"), ("cost_head", "cost head"),
+           ("score_maps", "score maps")]
 
 
 def main(argv=None) -> dict:

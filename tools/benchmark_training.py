@@ -13,8 +13,9 @@ per image (default 41, the paper's A-150 average, Table 6); the first --warmup i
 memory is CUDA's max_memory_allocated on a GPU; on a CPU it is the weights, buffers and optimizer state plus the
 peak of the tensors allocated during two more iterations, traced with torch.profiler's allocation events
 (sam_mi/utils/memory_trace.py; exact for PyTorch's allocator with --threads 1), so that each setting has its
-own number in one process. The paper: 471 -> 746 ms per iteration (+58 %), 25 -> 28 M trainable, 154 -> 798 M
-total.
+own number in one process. --settings runs a subset (baseline, fast, off), e.g. one per process when a full-size
+run on a CPU is long; overhead_vs_baseline is then None without the baseline. The paper: 471 -> 746 ms per
+iteration (+58 %), 25 -> 28 M trainable, 154 -> 798 M total.
 """
 import argparse
 import gc
@@ -30,6 +31,8 @@ from sam_mi import add_sam_mi_config
 from sam_mi.engine import build_optimizer
 from sam_mi.utils.atomic_io import write_json_atomic
 from sam_mi.utils.memory_trace import TensorMemoryTrace
+
+BASELINE = "w/o SAM (CAT-Seg)"
 
 
 def load(config: str, opts: List[str], random_weights: bool, device: str, expected_points: float):
@@ -118,6 +121,9 @@ def main() -> None:
     parser.add_argument("--random-weights", action="store_true", help="no checkpoint: random CLIP and SAM")
     parser.add_argument("--expected-points", type=float, default=41.0,
                         help="TSPP's maps rescaled to this many points per image (no weights are loaded)")
+    parser.add_argument("--settings", nargs="+", choices=["baseline", "fast", "off"],
+                        default=["baseline", "fast", "off"],
+                        help="which settings to run (e.g. one per process when a full-size run is long)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--json", default=None)
@@ -127,22 +133,25 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
-    baseline = load(args.baseline_config, [], args.random_weights, device, args.expected_points)
-    settings = {"w/o SAM (CAT-Seg)": baseline}
-    for name, fast in (("w/ SAM, fast path", True), ("w/ SAM, fast path off", False)):
-        opts = list(args.opts) + ["MODEL.SAM_MI.SAM.SDPA", fast, "MODEL.SAM_MI.SAM.AMP", fast]
-        settings[name] = load(args.config_file, opts, args.random_weights, device, args.expected_points)
+    settings = {}
+    if "baseline" in args.settings:
+        settings[BASELINE] = load(args.baseline_config, [], args.random_weights, device, args.expected_points)
+    for key, name, fast in (("fast", "w/ SAM, fast path", True), ("off", "w/ SAM, fast path off", False)):
+        if key in args.settings:
+            opts = list(args.opts) + ["MODEL.SAM_MI.SAM.SDPA", fast, "MODEL.SAM_MI.SAM.AMP", fast]
+            settings[name] = load(args.config_file, opts, args.random_weights, device, args.expected_points)
     results = {}
     for name, cfg in settings.items():
         results[name] = measure(cfg, args.batch, args.crop, args.iters, args.warmup)
-        base = results["w/o SAM (CAT-Seg)"]["ms_per_iter"]
-        for r in results.values():
-            r["overhead_vs_baseline"] = r["ms_per_iter"] / base - 1.0
+        for r in results.values():  # None when the baseline is not in this run
+            r["overhead_vs_baseline"] = r["ms_per_iter"] / results[BASELINE]["ms_per_iter"] - 1.0 \
+                if BASELINE in results else None
         if args.json:  # after every setting: an interrupted run keeps what it measured
             write_json_atomic(args.json, {"device": device, "batch": args.batch, "crop": args.crop,
                                           "iters": args.iters, "torch_threads": torch.get_num_threads(),
                                           "results": results})
-    rows = [[n, f"{r['ms_per_iter']:.0f}", f"{100 * r['overhead_vs_baseline']:+.0f} %", f"{r['peak_memory_mb']:.0f}",
+    rows = [[n, f"{r['ms_per_iter']:.0f}", "-" if r["overhead_vs_baseline"] is None else
+             f"{100 * r['overhead_vs_baseline']:+.0f} %", f"{r['peak_memory_mb']:.0f}",
              f"{r['trainable_M']:.2f}", f"{r['total_M']:.2f}"] for n, r in results.items()]
     print(tabulate(rows, headers=["setting", "ms / iter", "vs baseline", "peak MB", "trainable (M)", "total (M)"],
                    tablefmt="github"))
