@@ -93,7 +93,7 @@ def test_demo_runs_end_to_end(tmp_path):
     env = dict(os.environ, PYTHONPATH=REPO)
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "tools/demo.py"), "--output-dir", str(tmp_path),
-         "--stage1-iters", "3", "--stage2-iters", "3", "--num-train", "8", "--num-val", "2",
+         "--warmup-iters", "2", "--stage1-iters", "3", "--stage2-iters", "3", "--num-train", "8", "--num-val", "2",
          "--train-sam-iters", "3"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
@@ -104,7 +104,7 @@ def test_demo_runs_end_to_end(tmp_path):
         assert row in table and row in proc.stdout
     assert "boundary IoU" in table
     assert os.path.getsize(tmp_path / "predictions.png") > 1000 and os.path.getsize(tmp_path / "panel.png") > 1000
-    for stage in ("baseline", "stage1", "stage2", "stage2_oracle"):
+    for stage in ("clip_warmup", "baseline", "stage1", "stage2", "stage2_oracle"):
         assert (tmp_path / stage / "model_final.pth").exists()
     # the tiny SAM trained first, then loaded by stage 2 through MODEL.SAM_MI.SAM.CHECKPOINT
     assert (tmp_path / "tiny_sam" / "sam_tiny.pth").exists() and "tiny SAM" in proc.stdout

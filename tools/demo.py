@@ -24,8 +24,11 @@ logger = logging.getLogger("sam_mi.demo")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="demo_output")
-    parser.add_argument("--stage1-iters", type=int, default=100)
-    parser.add_argument("--stage2-iters", type=int, default=800, help="also the baseline's (same schedule)")
+    parser.add_argument("--stage1-iters", type=int, default=500)
+    parser.add_argument("--warmup-iters", type=int, default=300,
+                        help="shared warm-up of the random tiny CLIP (CAT-Seg's training) that the baseline and "
+                             "SAM-MI both start from, the tiny stand-in for a pre-trained CLIP; 0: none")
+    parser.add_argument("--stage2-iters", type=int, default=500, help="also the baseline's (same schedule)")
     parser.add_argument("--num-train", type=int, default=96)
     parser.add_argument("--num-val", type=int, default=16)
     parser.add_argument("--sam-checkpoint", default="",
@@ -61,7 +64,8 @@ def main() -> None:
                         "--iters", str(args.train_sam_iters), "--min-region-area", "100"])
         torch.set_num_threads(threads)
     rows = run_demo(out, args.num_train, args.num_val, sam_checkpoint,
-                    {"stage1": args.stage1_iters, "stage2": args.stage2_iters}, workers=args.workers)
+                    {"warmup": args.warmup_iters, "stage1": args.stage1_iters, "stage2": args.stage2_iters},
+                    workers=args.workers)
     table = effect_table(rows)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write("# SAM-MI tiny demo: synthetic validation set, whole-image inference\n\n" + table + "\n")
