@@ -4,8 +4,9 @@ Steps (each skipped when its output exists, so a second run reuses them):
   0. the synthetic COCO-Stuff-layout dataset;
   1. the tiny SAM: random, or a checkpoint trained like SAM (tools/train_tiny_sam.py; the demo's
      --sam-checkpoint), loaded through MODEL.SAM_MI.SAM.CHECKPOINT exactly as SAM-H is;
-  2. the CAT-Seg baseline (SAM parts off) and SAM-MI (stage 1 TSPP, stage 2 with SAM's masks injected),
-     same seed, data and stage-2 schedule, trained in two processes at once (they are independent);
+  2. a shared warm-up of the random tiny CLIP (CAT-Seg's training: the stand-in for a pre-trained CLIP), then
+     from it the CAT-Seg baseline (SAM parts off) and SAM-MI (stage 1 TSPP, stage 2 with SAM's masks
+     injected), same seed, data and stage-2 schedule, trained in two processes at once (they are independent);
   3. evaluation of the baseline and of SAM-MI with TSPP, grid and random-64 prompts (Table 5 at tiny scale),
      with the oracle's masks at test time, and of SAM-MI trained and evaluated with the oracle's masks (the
      ceiling of mask injection): mIoU, boundary IoU, points / SAM masks / injected masks and ms per image;

@@ -19,7 +19,8 @@ from torch import nn
 from sam_mi.modeling.sam.point_decoder import PointPromptedSAM, logits_to_out_size, points_to_input_frame
 
 from .sam_losses import mask_iou
-from .sam_pretraining import RegionImage, decode_points, pixel_centres
+from .sam_pretraining import decode_points
+from .sam_regions import RegionImage, pixel_centres
 
 __all__ = ["AMG_DEFAULTS", "point_prompt_quality", "amg_masks_per_image", "amg_threshold_sweep"]
 
