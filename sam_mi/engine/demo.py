@@ -4,8 +4,8 @@ Steps (each skipped when its output exists, so a second run reuses them):
   0. the synthetic COCO-Stuff-layout dataset;
   1. the tiny SAM: random, or a checkpoint trained like SAM (tools/train_tiny_sam.py; the demo's
      --sam-checkpoint), loaded through MODEL.SAM_MI.SAM.CHECKPOINT exactly as SAM-H is;
-  2. a shared warm-up of the random tiny CLIP (CAT-Seg's training: the stand-in for a pre-trained CLIP), then
-     from it the CAT-Seg baseline (SAM parts off) and SAM-MI (stage 1 TSPP, stage 2 with SAM's masks
+  2. a warm-up of the random tiny CLIP (CAT-Seg's training, CLIP kept: the stand-in for a pre-trained CLIP),
+     then from that CLIP the CAT-Seg baseline (SAM parts off) and SAM-MI (stage 1 TSPP, stage 2 with SAM's masks
      injected), same seed, data and stage-2 schedule, trained in two processes at once (they are independent);
   3. evaluation of the baseline and of SAM-MI with TSPP, grid and random-64 prompts (Table 5 at tiny scale),
      with the oracle's masks at test time, and of SAM-MI trained and evaluated with the oracle's masks (the
@@ -34,6 +34,7 @@ from ..data.vocabulary import resolve_vocabulary
 from ..evaluation import build_evaluator
 from ..evaluation.boundary import BoundaryIoUEvaluator
 from ..evaluation.sam_mi_stats import SAMMIStatsEvaluator
+from ..utils.atomic_io import atomic_write
 from ..utils.checkpoint_io import CheckedCheckpointer
 from .trainer import Trainer
 
@@ -177,23 +178,34 @@ def train_jobs_in_parallel(chains: Dict[str, Sequence[Tuple[str, "CfgNode"]]], o
         return {name: future.result() for name, future in futures.items()}
 
 
+def keep_clip_weights(checkpoint: str, path: str) -> str:
+    """Write the ``clip.*`` weights of a detectron2 checkpoint to ``path`` (atomically, once) and return it."""
+    if not os.path.isfile(path):
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
+        with atomic_write(path, "wb") as f:
+            torch.save({"model": {k: v for k, v in state.items() if k.startswith("clip.")}}, f)
+    return path
+
+
 def run_demo(out: str, num_train: int, num_val: int, sam_checkpoint: str, iters: Optional[Dict[str, int]] = None,
              panel_image: Optional[str] = None, workers: int = 2) -> Dict[str, Dict[str, float]]:
     """Steps 2-4 of the module docstring (data and tiny SAM prepared by the caller); returns the table's rows.
     ``workers``: processes for the two independent trainings (`train_jobs_in_parallel`)."""
     iters = iters or {}
     sam = ["MODEL.SAM_MI.SAM.CHECKPOINT", sam_checkpoint]
-    # The paper's models all start from a pre-trained CLIP; a random tiny CLIP's 7 text embeddings have cosine
-    # 0.93-0.98 with each other, so TSPP's stage 1 (CLIP frozen) would see class-blind cost maps and learn
-    # nothing (L_tspp stays at ln 7). The tiny stand-in for CLIP's pre-training: the CAT-Seg baseline's first
-    # ``warmup`` iterations, from which the baseline continues and SAM-MI starts (each then runs ``stage2``
-    # iterations: the same CLIP/aggregator schedule for both).
+    # The paper's models all start from a pre-trained CLIP (and a random aggregator); a random tiny CLIP's 7
+    # text embeddings have cosine 0.93-0.98 with each other, so TSPP's stage 1 (CLIP frozen) would see
+    # class-blind cost maps and learn nothing (L_tspp stays at ln 7). The tiny stand-in for CLIP's
+    # pre-training: ``warmup`` iterations of CAT-Seg's training, of which only CLIP is kept; the baseline and
+    # SAM-MI both start from that CLIP, their aggregators (and TSPP, DMI) from random weights, as in the paper.
+    # (Keeping the warm aggregator too favours the baseline: SAM-MI's random DMI first disturbs it.)
     warmup = iters.get("warmup", 300)
     init: List = []
     if warmup > 0:
         warm = load_cfg("configs/tiny/sam_mi_tiny_baseline.yaml", os.path.join(out, "clip_warmup"),
                         ["SOLVER.MAX_ITER", warmup])
-        init = ["MODEL.WEIGHTS", train_jobs([("shared warm-up of the tiny CLIP (CAT-Seg's training)", warm)])[0]]
+        warm_weights = train_jobs([("warm-up of the tiny CLIP (CAT-Seg's training; CLIP kept)", warm)])[0]
+        init = ["MODEL.WEIGHTS", keep_clip_weights(warm_weights, os.path.join(out, "clip_warmup", "clip.pth"))]
     stage1 = load_cfg("configs/tiny/sam_mi_tiny_stage1.yaml", os.path.join(out, "stage1"),
                       ["SOLVER.MAX_ITER", iters.get("stage1", 500)] + init)
     stage2_opts = ["SOLVER.MAX_ITER", iters.get("stage2", 500)]
