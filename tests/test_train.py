@@ -100,11 +100,11 @@ def test_demo_runs_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = (tmp_path / "results.md").read_text()
     for row in ("CAT-Seg baseline", "SAM-MI, TSPP", "SAM-MI, grid", "SAM-MI, random-64", "SAM-MI, oracle masks",
-                "SAM-MI trained with oracle masks"):
+                "SAM-MI trained with oracle masks", "SAM-MI trained without masks"):
         assert row in table and row in proc.stdout
     assert "boundary IoU" in table
     assert os.path.getsize(tmp_path / "predictions.png") > 1000 and os.path.getsize(tmp_path / "panel.png") > 1000
-    for stage in ("clip_warmup", "baseline", "stage1", "stage2", "stage2_oracle"):
+    for stage in ("clip_warmup", "baseline", "stage1", "stage2", "stage2_oracle", "stage2_no_masks"):
         assert (tmp_path / stage / "model_final.pth").exists()
     # the tiny SAM trained first, then loaded by stage 2 through MODEL.SAM_MI.SAM.CHECKPOINT
     assert (tmp_path / "tiny_sam" / "sam_tiny.pth").exists() and "tiny SAM" in proc.stdout

@@ -7,7 +7,8 @@ Steps (each skipped when its output exists, so a second run reuses them):
   2. a warm-up of the random tiny CLIP (CAT-Seg's training, CLIP kept: the stand-in for a pre-trained CLIP),
      then from that CLIP the CAT-Seg baseline (SAM parts off) and SAM-MI (stage 1 TSPP, stage 2 with SAM's masks
      injected), same seed, data and stage-2 schedule, trained in two processes at once (they are independent);
-  3. evaluation of the baseline and of SAM-MI with TSPP, grid and random-64 prompts (Table 5 at tiny scale),
+  3. evaluation of the baseline, of SAM-MI trained without masks (TSPP's share of the gain), and of SAM-MI
+     with TSPP, grid and random-64 prompts (Table 5 at tiny scale),
      with the oracle's masks at test time, and of SAM-MI trained and evaluated with the oracle's masks (the
      ceiling of mask injection): mIoU, boundary IoU, points / SAM masks / injected masks and ms per image;
   4. results.md, predictions.png and a predictor panel of one validation image.
@@ -220,16 +221,22 @@ def run_demo(out: str, num_train: int, num_val: int, sam_checkpoint: str, iters:
     oracle = load_cfg("configs/tiny/sam_mi_tiny_stage2.yaml", os.path.join(out, "stage2_oracle"),
                       stage2_opts + ["MODEL.WEIGHTS", init[1] if init else "", "MODEL.SAM_MI.SAM.ORACLE_MASKS", True,
                                      "MODEL.SAM_MI.SMAGG.ENABLED", False])
+    # What SAM-MI gains without any mask (SAM's filters keep none, so DMI never runs: stage 1 and L_tspp alone),
+    # to split the margin over the baseline into TSPP's share and the masks' share.
+    no_masks = load_cfg("configs/tiny/sam_mi_tiny_stage2.yaml", os.path.join(out, "stage2_no_masks"),
+                        stage2_opts + ["MODEL.WEIGHTS", stage1_weights, "MODEL.SAM_MI.SAM.PRED_IOU_THRESH", 1e9])
     jobs = {"baseline": [("CAT-Seg baseline (SAM parts off)", baseline),
                          ("SAM-MI stage 2 trained with the oracle's masks (the ceiling)", oracle)],
             "sam_mi": [("SAM-MI stage 1: TSPP alone", stage1),
                        (f"SAM-MI stage 2: the tiny SAM's masks injected ({sam_checkpoint or 'random weights'})",
-                        stage2)]}
+                        stage2),
+                       ("SAM-MI stage 2 without masks (TSPP's share of the gain)", no_masks)]}
     trained = train_jobs_in_parallel(jobs, out, workers)
-    (baseline_weights, oracle_weights), stage2_weights = trained["baseline"], trained["sam_mi"][1]
+    (baseline_weights, oracle_weights), (_, stage2_weights, no_masks_weights) = trained["baseline"], trained["sam_mi"]
 
     settings = {
         "CAT-Seg baseline": (baseline, baseline_weights, []),
+        "SAM-MI trained without masks": (no_masks, no_masks_weights, []),
         "SAM-MI, TSPP": (stage2, stage2_weights, []),
         "SAM-MI, grid": (stage2, stage2_weights, ["MODEL.SAM_MI.TSPP.SAMPLING", "grid"]),
         "SAM-MI, random-64": (stage2, stage2_weights, ["MODEL.SAM_MI.TSPP.SAMPLING", "random"]),
