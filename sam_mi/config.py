@@ -93,6 +93,9 @@ def add_sam_mi_config(cfg: CN) -> None:
     s.TSPP.M_P = 10  # ... and at most m_p expected points per mask
     s.TSPP.RANDOM_POINTS = 64
     s.TSPP.HIDDEN_DIM = 32
+    # classes the TSPP head processes at a time (sam_mi/modeling/tspp_context.py): the same result, and its
+    # memory stops growing with the vocabulary past the [B, h*w, T, C] S_en; 0 = all classes at once
+    s.TSPP.CLASS_CHUNK = 64
     s.TSPP.LAMBDA_MSE = 0.5  # L_tspp = L_ce^mask + lambda_mse * L_mse
     s.TSPP.LOSS_WEIGHT = 0.1  # lambda_tspp in stage 2 (stage 1 uses L_tspp alone)
     # > 0: rescale every probability map to sum to this many expected points. For latency benchmarks with

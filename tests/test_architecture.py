@@ -58,9 +58,9 @@ def test_unknown_variant_lists_the_registered_ones(synthetic_root):
 def test_a_new_tspp_head_is_one_class_and_one_registration(synthetic_root):
     @TSPP_HEAD_REGISTRY.register()
     class UniformTSPPHead(nn.Module):
-        def __init__(self, hidden_dim: int, grid_size: int) -> None:
+        def __init__(self, hidden_dim: int, grid_size: int, class_chunk: int) -> None:
             super().__init__()
-            self.grid_size = grid_size
+            self.grid_size, self.class_chunk = grid_size, class_chunk
             self.scale = nn.Parameter(torch.ones(()))
 
         def forward(self, cost):
@@ -70,6 +70,7 @@ def test_a_new_tspp_head_is_one_class_and_one_registration(synthetic_root):
     try:
         model = build_model(tiny_cfg(opts=["MODEL.SAM_MI.TSPP.HEAD_NAME", "UniformTSPPHead"])).eval()
         assert isinstance(model.prompter.head, UniformTSPPHead)
+        assert model.prompter.head.class_chunk == 64  # MODEL.SAM_MI.TSPP.CLASS_CHUNK
         assert "prompter.head.scale" in model.state_dict()
     finally:
         TSPP_HEAD_REGISTRY._obj_map.pop("UniformTSPPHead")

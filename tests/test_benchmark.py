@@ -120,3 +120,6 @@ def test_memory_benchmark_chunks_bound_the_aggregator(tmp_path):
     # ... and does not grow with the vocabulary past the chunk, while text embeddings and score maps do
     assert runs[64, 2]["spans"]["aggregation"]["rise_mb"] < 2 * runs[8, 2]["spans"]["aggregation"]["rise_mb"]
     assert runs[64, 2]["spans"]["text_encoding"]["rise_mb"] > 4 * runs[8, 2]["spans"]["text_encoding"]["rise_mb"]
+    # --chunks sets the TSPP head's chunk too (tspp_context.py): its span shrinks with it
+    assert all(r["tspp_class_chunk"] == chunk for (_, chunk), r in runs.items())
+    assert runs[64, 2]["spans"]["tspp"]["rise_mb"] < 0.5 * runs[64, 0]["spans"]["tspp"]["rise_mb"]

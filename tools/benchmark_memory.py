@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Peak memory of evaluating one image against the vocabulary size and the aggregator's class chunk.
+"""Peak memory of evaluating one image against the vocabulary size and the class chunk (aggregator and TSPP).
 
     python tools/benchmark_memory.py --config-file configs/coco-stuff-171/sam_mi_vitb16_384_stage2.yaml \
         --random-weights --sam-image-size 512 --threads 1 --json memory.json MODEL.SAM_MI.SAM.MODEL_TYPE vit_b
@@ -10,8 +10,8 @@ Each (vocabulary, chunk) pair is measured in its own process (sam_mi/engine/memo
 vocabulary's text embeddings, then one evaluation of a random --image-size image with the evaluation protocol
 (sliding window, pooling 1x1; --whole-image for CAT-Seg's whole-image path). Vocabularies: registered datasets
 (default A-150 = ade20k_150_test_sem_seg and A-847 = ade20k_full_sem_seg_freq_val_all), JSON lists of names, or
-integers N (synthetic names). Chunks: ``MODEL.SAM_MI.AGGREGATOR.CLASS_CHUNK`` (0 = all classes at once; default
-the config's). Memory is live tensor bytes above the weights: on a CPU from torch.profiler's allocation events
+integers N (synthetic names). Chunks: ``MODEL.SAM_MI.AGGREGATOR.CLASS_CHUNK`` and ``MODEL.SAM_MI.TSPP.CLASS_CHUNK``
+together (0 = all classes at once; default the config's aggregator chunk; a TSPP chunk in the opts wins). Memory is live tensor bytes above the weights: on a CPU from torch.profiler's allocation events
 (sam_mi/utils/memory_trace.py: exact for PyTorch's allocator, run with --threads 1), on CUDA from
 max_memory_allocated; the process's peak resident size (weights, libraries, allocator caches included) is
 reported beside. --random-weights builds CLIP and SAM without checkpoints (sam_mi/engine/benchmarking.py),

@@ -1,5 +1,6 @@
-"""Peak memory of SAM-MI's evaluation of one image against the vocabulary size and the aggregator's class chunk
-(``MODEL.SAM_MI.AGGREGATOR.CLASS_CHUNK``), the logic of tools/benchmark_memory.py.
+"""Peak memory of SAM-MI's evaluation of one image against the vocabulary size and the class chunk
+(``MODEL.SAM_MI.AGGREGATOR.CLASS_CHUNK`` and ``MODEL.SAM_MI.TSPP.CLASS_CHUNK``, set together), the logic of
+tools/benchmark_memory.py.
 
 One configuration = one model, one vocabulary, one chunk size, one image, in a fresh process
 (:func:`run_isolated`), so that the process's peak resident size belongs to it alone. Inside, the vocabulary's
@@ -60,7 +61,8 @@ def measure_memory(
 
     Args:
         vocabulary: a registered dataset, a JSON list of names, or an integer N (synthetic names).
-        class_chunk: ``MODEL.SAM_MI.AGGREGATOR.CLASS_CHUNK`` (0 = all classes at once).
+        class_chunk: ``MODEL.SAM_MI.AGGREGATOR.CLASS_CHUNK`` and ``MODEL.SAM_MI.TSPP.CLASS_CHUNK`` (0 = all
+            classes at once); ``opts`` may set the TSPP head's apart.
         image_size: (H, W) of the random test image (ADE20K's typical 512 x 683 by default).
         sliding_window: the evaluation protocol (4 crops + the global view, pooling 1x1); else whole image.
         opts: further config overrides, applied last.
@@ -71,8 +73,9 @@ def measure_memory(
     if threads:
         torch.set_num_threads(int(threads))
     protocol = _SLIDING_WINDOW_OPTS if sliding_window else _WHOLE_IMAGE_OPTS
-    cfg = benchmark_cfg(config_file, protocol + ["MODEL.SAM_MI.AGGREGATOR.CLASS_CHUNK", int(class_chunk)] + list(opts),
-                        device, random_weights, sam_image_size, permissive_filters)
+    chunks = ["MODEL.SAM_MI.AGGREGATOR.CLASS_CHUNK", int(class_chunk), "MODEL.SAM_MI.TSPP.CLASS_CHUNK", int(class_chunk)]
+    cfg = benchmark_cfg(config_file, protocol + chunks + list(opts), device, random_weights, sam_image_size,
+                        permissive_filters)
     names = vocabulary_from_spec(vocabulary)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
@@ -95,6 +98,7 @@ def measure_memory(
         "num_classes": len(names),
         "aggregated_classes": min(len(names), aggregator.pad_len) if aggregator.pad_len > 0 else len(names),
         "class_chunk": aggregator.class_chunk,
+        "tspp_class_chunk": cfg.MODEL.SAM_MI.TSPP.CLASS_CHUNK,
         "peak_mb": trace.peak_bytes / mib,
         "final_mb": trace.final_bytes / mib,
         "spans": {k: spans[k] for k in SPANS if k in spans},

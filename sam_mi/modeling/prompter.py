@@ -2,8 +2,11 @@
 
 ``PROMPTER_REGISTRY`` holds prompter stages (built from ``MODEL.SAM_MI.TSPP.NAME``); ``TSPP_HEAD_REGISTRY``
 holds the networks that turn cost maps S into (sampling probabilities, M^text logits), chosen by
-``MODEL.SAM_MI.TSPP.HEAD_NAME``. A new head is one class with the contract of ``TSPPHead.forward``
-(cost [B,T,h,w] -> (prob [B,G,G] >= 0, mask_logits [B,T,h,w])) and one ``TSPP_HEAD_REGISTRY.register()``.
+``MODEL.SAM_MI.TSPP.HEAD_NAME``. A new head is one class with the contract of ``TSPPHead``, built as
+``Head(hidden_dim=, grid_size=, class_chunk=)`` (``class_chunk``: classes to process at a time for memory,
+0 = all; a head may ignore it only if its memory does not grow with T x h x w x C) with
+``forward(cost [B,T,h,w]) -> (prob [B,G,G] >= 0, mask_logits [B,T,h,w])``, and one
+``TSPP_HEAD_REGISTRY.register()``.
 """
 from typing import Dict, Optional, Tuple
 
@@ -76,7 +79,9 @@ class TSPPPrompter(nn.Module):
         t = cfg.MODEL.SAM_MI.TSPP
         head = None
         if t.ENABLED:
-            head = TSPP_HEAD_REGISTRY.get(t.HEAD_NAME)(hidden_dim=t.HIDDEN_DIM, grid_size=t.GRID_SIZE)
+            head = TSPP_HEAD_REGISTRY.get(t.HEAD_NAME)(
+                hidden_dim=t.HIDDEN_DIM, grid_size=t.GRID_SIZE, class_chunk=t.CLASS_CHUNK
+            )
         return {
             "head": head,
             "sampling": t.SAMPLING,

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .tspp_context import ClassLinearAttention, class_context_in_chunks
+
 # Elements of one [chunk, N, N] pairwise tensor in tspp_targets (N = grid points); 2^24 floats = 64 MiB.
 _PAIRWISE_BUDGET = 1 << 24
 # Half a grid cell: pixel centres sit half a cell inside the true mask boundary, so the discrete EDT is
@@ -216,31 +218,6 @@ def sample_points(prob: Tensor, generator: Optional[torch.Generator] = None) -> 
     return torch.stack([(j.float() + 0.5) / d_w, (i.float() + 0.5) / d_h], dim=-1)
 
 
-class ClassLinearAttention(nn.Module):
-    """Multi-head linear attention (elu + 1 feature map) over the class axis, per pixel.
-
-    Linear in T, so cheap for 847-class vocabularies, and normalised, so invariant to the class count.
-    """
-
-    def __init__(self, dim: int, num_heads: int) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"hidden_dim {dim} must be divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """x: [L, T, C] (L = pixels) -> [L, T, C]."""
-        l, t, c = x.shape
-        q, k, v = self.qkv(x).view(l, t, 3, self.num_heads, c // self.num_heads).unbind(dim=2)
-        q, k = F.elu(q) + 1.0, F.elu(k) + 1.0
-        kv = torch.einsum("lthd,lthe->lhde", k, v)
-        norm = torch.einsum("lthd,lhd->lth", q, k.sum(dim=1)).clamp_min(1e-6)
-        out = torch.einsum("lthd,lhde->lthe", q, kv) / norm.unsqueeze(-1)
-        return self.proj(out.reshape(l, t, c))
-
-
 class TSPPHead(nn.Module):
     """TSPP network (Sec. 3.2, Fig. 3c): cost maps S -> (sampling probabilities, class mask logits).
 
@@ -259,10 +236,11 @@ class TSPPHead(nn.Module):
     The caller detaches CLIP image features so these losses never reach CLIP's visual encoder (Sec. 3.2).
     """
 
-    def __init__(self, hidden_dim: int = 32, grid_size: int = 32, num_heads: int = 4) -> None:
+    def __init__(self, hidden_dim: int = 32, grid_size: int = 32, num_heads: int = 4, class_chunk: int = 0) -> None:
         super().__init__()
         c = hidden_dim
         self.grid_size = grid_size
+        self.class_chunk = class_chunk  # classes at a time (tspp_context.py; same result), 0 = all at once
         self.embed = nn.Sequential(nn.Linear(1, c), nn.GELU(), nn.Linear(c, c))
         self.norm_spatial = nn.LayerNorm(c)
         self.spatial = nn.Conv2d(c, c, kernel_size=3, padding=1, groups=c)
@@ -279,26 +257,32 @@ class TSPPHead(nn.Module):
             nn.Conv2d(c, 1, kernel_size=1),
         )
 
+    def _per_class(self, cost: Tensor) -> Tensor:
+        """Embedding and spatial context of each class map: [B, t, h, w] -> [B, h*w, t, C]."""
+        b, t, h, w = cost.shape
+        x = self.embed(cost.unsqueeze(-1))  # [B, t, h, w, C]
+        c = x.shape[-1]
+        # spatial context: depth-wise conv on each class map
+        y = self.norm_spatial(x).reshape(b * t, h, w, c).permute(0, 3, 1, 2)
+        x = x + self.spatial(y).permute(0, 2, 3, 1).reshape(b, t, h, w, c)
+        return x.permute(0, 2, 3, 1, 4).reshape(b, h * w, t, c)
+
     def forward(self, cost: Tensor) -> Tuple[Tensor, Tensor]:
         """cost: Tensor[B, T, h, w] (cosine similarities) -> (prob [B, G, G] >= 0, mask_logits [B, T, h, w])."""
         if cost.dim() != 4 or cost.shape[1] == 0:
             raise ValueError(f"cost must be [B, T, h, w] with T >= 1, got {tuple(cost.shape)}")
         b, t, h, w = cost.shape
-        x = self.embed(cost.unsqueeze(-1))  # [B, T, h, w, C]
-        c = x.shape[-1]
-        # spatial context: depth-wise conv on each class map
-        y = self.norm_spatial(x).reshape(b * t, h, w, c).permute(0, 3, 1, 2)
-        x = x + self.spatial(y).permute(0, 2, 3, 1).reshape(b, t, h, w, c)
-        # class context: attention over the T classes at every pixel
-        tokens = x.permute(0, 2, 3, 1, 4).reshape(b * h * w, t, c)
-        tokens = tokens + self.class_attn(self.norm_class(tokens))
-        tokens = tokens + self.ffn(self.norm_ffn(tokens))
-        s_en = tokens.reshape(b, h, w, t, c)  # S_en
-        mask_logits = self.mask_head(s_en).squeeze(-1).permute(0, 3, 1, 2)  # [B, T, h, w]
+        slices, s_en = class_context_in_chunks(
+            cost, self.class_chunk, self._per_class, self.norm_class, self.class_attn, self.norm_ffn, self.ffn
+        )  # S_en, [B, h*w, t_i, C] per class chunk
+        mask_logits = torch.cat([self.mask_head(x).squeeze(-1) for x in s_en], dim=2)  # [B, h*w, T]
+        mask_logits = mask_logits.transpose(1, 2).reshape(b, t, h, w)
 
         cls_prob = mask_logits.softmax(dim=1)  # [B, T, h, w]
-        weighted = torch.einsum("bhwtc,bthw->bchw", s_en, cls_prob)
-        maxed = s_en.amax(dim=3).permute(0, 3, 1, 2)
+        weights = cls_prob.flatten(2).transpose(1, 2)  # [B, h*w, T]
+        weighted = sum(torch.einsum("bptc,bpt->bpc", x, weights[:, :, s]) for s, x in zip(slices, s_en))
+        maxed = torch.stack([x.amax(dim=2) for x in s_en]).amax(dim=0)  # [B, h*w, C]
+        weighted, maxed = (y.transpose(1, 2).reshape(b, -1, h, w) for y in (weighted, maxed))
         class_area = cls_prob.mean(dim=(2, 3))  # [B, T], fraction of the image per class
         pixel_area = torch.einsum("bthw,bt->bhw", cls_prob, class_area).clamp_min(1e-6).log().unsqueeze(1)
         pooled = torch.cat([weighted, maxed, pixel_area], dim=1)  # [B, 2C+1, h, w]

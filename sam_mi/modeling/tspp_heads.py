@@ -10,10 +10,11 @@ either can be the prompter's head (``TSPP_HEAD_REGISTRY``, key ``MODEL.SAM_MI.TS
 """
 from typing import Tuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .tspp import ClassLinearAttention
+from .tspp_context import ClassLinearAttention, class_context_in_chunks
 
 __all__ = ["PaperTSPPHead"]
 
@@ -44,12 +45,15 @@ class PaperTSPPHead(nn.Module):
         hidden_dim: C, the embedding width (32: the cost is one number per class and pixel).
         grid_size: G of SAM's point grid (32, Sec. 3.2).
         num_heads: heads of both linear attentions (C must be divisible by it).
+        class_chunk: classes processed at a time (tspp_context.py: the same result, a fraction of the memory
+            on large vocabularies); 0 = all at once.
     """
 
-    def __init__(self, hidden_dim: int = 32, grid_size: int = 32, num_heads: int = 4) -> None:
+    def __init__(self, hidden_dim: int = 32, grid_size: int = 32, num_heads: int = 4, class_chunk: int = 0) -> None:
         super().__init__()
         c = hidden_dim
         self.grid_size = grid_size
+        self.class_chunk = class_chunk
         self.embed = nn.Sequential(nn.Linear(1, c), nn.GELU(), nn.Linear(c, c))
         self.pos = nn.Conv2d(c, c, kernel_size=3, padding=1, groups=c)
         self.norm_spatial = nn.LayerNorm(c)
@@ -61,30 +65,41 @@ class PaperTSPPHead(nn.Module):
         self.mask_proj = nn.Linear(c, 1)
         self.prob_proj = nn.Linear(c, 1)
 
-    def enrich(self, cost: Tensor) -> Tensor:
-        """S [B, T, h, w] -> S_en [B, h, w, T, C]."""
+    def _per_class(self, cost: Tensor) -> Tensor:
+        """MLP embedding and spatial-level context of each class map: [B, t, h, w] -> [B, h*w, t, C]."""
         b, t, h, w = cost.shape
-        x = self.embed(cost.unsqueeze(-1))  # [B, T, h, w, C]
+        x = self.embed(cost.unsqueeze(-1))  # [B, t, h, w, C]
         c = x.shape[-1]
         maps = x.reshape(b * t, h, w, c)
         maps = maps + self.pos(maps.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         pixels = maps.reshape(b * t, h * w, c)
         pixels = pixels + self.spatial_attn(self.norm_spatial(pixels))  # spatial level, per class
-        classes = pixels.reshape(b, t, h * w, c).transpose(1, 2).reshape(b * h * w, t, c)
-        classes = classes + self.class_attn(self.norm_class(classes))  # class level, per pixel
-        classes = classes + self.ffn(self.norm_ffn(classes))
-        return classes.reshape(b, h, w, t, c)
+        return pixels.reshape(b, t, h * w, c).transpose(1, 2)
+
+    def _enrich_chunks(self, cost: Tensor):
+        """S_en of each class chunk: (slices, [B, h*w, t_i, C] each); class level per pixel, then the FFN."""
+        return class_context_in_chunks(
+            cost, self.class_chunk, self._per_class, self.norm_class, self.class_attn, self.norm_ffn, self.ffn
+        )
+
+    def enrich(self, cost: Tensor) -> Tensor:
+        """S [B, T, h, w] -> S_en [B, h, w, T, C]."""
+        b, _, h, w = cost.shape
+        s_en = torch.cat(self._enrich_chunks(cost)[1], dim=2)
+        return s_en.view(b, h, w, *s_en.shape[2:])
 
     def forward(self, cost: Tensor) -> Tuple[Tensor, Tensor]:
         """cost: Tensor[B, T, h, w] (cosine similarities) -> (prob [B, G, G] >= 0, mask_logits [B, T, h, w])."""
         if cost.dim() != 4 or cost.shape[1] == 0:
             raise ValueError(f"cost must be [B, T, h, w] with T >= 1, got {tuple(cost.shape)}")
-        s_en = self.enrich(cost)
-        mask_logits = self.mask_proj(s_en).squeeze(-1).permute(0, 3, 1, 2)  # [B, T, h, w]
-        weights = mask_logits.detach().softmax(dim=1).permute(0, 2, 3, 1).unsqueeze(-1)  # [B, h, w, T, 1]
-        pixel_class = (s_en * weights).sum(dim=3)  # [B, h, w, C]: S_en of the pixel's class
-        prob = self.prob_proj(pixel_class).permute(0, 3, 1, 2)  # [B, 1, h, w]
+        b, t, h, w = cost.shape
+        slices, s_en = self._enrich_chunks(cost)
+        mask_logits = torch.cat([self.mask_proj(x).squeeze(-1) for x in s_en], dim=2)  # [B, h*w, T]
+        weights = mask_logits.detach().softmax(dim=2)  # [B, h*w, T]
+        # S_en of the pixel's class, summed chunk by chunk: [B, h*w, C]
+        pixel_class = sum((x * weights[:, :, s, None]).sum(dim=2) for s, x in zip(slices, s_en))
+        prob = self.prob_proj(pixel_class).transpose(1, 2).reshape(b, 1, h, w)  # [B, 1, h, w]
+        mask_logits = mask_logits.transpose(1, 2).reshape(b, t, h, w)
         size = (self.grid_size, self.grid_size)
         prob = F.softplus(F.interpolate(prob, size=size, mode="bilinear", align_corners=False))
         return prob.squeeze(1), mask_logits
-
