@@ -9,30 +9,23 @@ r"""Train the tiny SAM with SAM's recipe on a semantic-segmentation set, save it
 
 Writes ``<output>`` (a plain `Sam` state dict, segment-anything's checkpoint format) and
 ``<output minus .pth>.json`` (schedule, training time, quality), both atomically. With ``--reuse`` an
-existing checkpoint whose JSON records the same schedule and datasets is kept and only evaluated.
-Quality: single-point IoU on the validation regions (best of 3 masks, highest predicted IoU) and masks per
-image surviving SAM's automatic-generation filters for a 32x32 grid (sam_mi/engine/sam_quality.py).
+existing checkpoint whose JSON records the same schedule and datasets is kept (sam_mi/engine/tiny_sam_run.py).
+Quality: single-point IoU on the validation regions (best of 3 masks, highest predicted IoU), the same with
+the prompts' x and y swapped (how much the masks follow the prompt), and masks per image surviving SAM's
+automatic-generation filters for a 32x32 grid (sam_mi/engine/sam_quality.py). ``--eval-period N`` follows
+both validation IoUs during training.
 """
 
 import argparse
-import json
 import os
-import sys
-import time
 
 import torch
-from detectron2.data import DatasetCatalog
 
 import sam_mi  # noqa: F401  (registers the datasets)
 from sam_mi.data.synthetic import generate_synthetic_stuff
-from sam_mi.engine.sam_pretraining import (
-    TinySAMSchedule,
-    load_region_images,
-    save_sam_checkpoint,
-    train_tiny_sam,
-)
-from sam_mi.engine.sam_quality import AMG_DEFAULTS, amg_threshold_sweep, point_prompt_quality
-from sam_mi.modeling.sam import build_tiny_sam, load_checkpoint
+from sam_mi.engine.sam_pretraining import TinySAMSchedule
+from sam_mi.engine.sam_quality import AMG_DEFAULTS
+from sam_mi.engine.tiny_sam_run import train_or_reuse_tiny_sam
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -53,66 +46,50 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (the model is small: a second thread rarely pays)"
     )
+    parser.add_argument(
+        "--eval-period",
+        type=int,
+        default=0,
+        help="every N iterations, print the validation single-point IoU and the same with x and y swapped "
+        "(0: only at the end)",
+    )
     defaults = TinySAMSchedule()
     for name, value in vars(defaults).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     return parser
 
 
-def _records(name: str):
-    try:
-        return DatasetCatalog.get(name)
-    except KeyError as e:
-        raise SystemExit(f"dataset '{name}' is not registered ({e}); pass a registered split to --train/--val")
-
-
 def main(argv=None) -> dict:
     args = get_parser().parse_args(argv)
-    torch.set_num_threads(args.threads)
     if args.dataset_root:
         os.environ["DETECTRON2_DATASETS"] = args.dataset_root
     root = os.environ.get("DETECTRON2_DATASETS", "datasets")
     if args.train.startswith("synthetic_stuff") and not os.path.isdir(os.path.join(root, "synthetic-stuff")):
         generate_synthetic_stuff(root, num_train=args.generate[0], num_val=args.generate[1], image_size=128, seed=0)
     schedule = TinySAMSchedule(**{k: getattr(args, k) for k in vars(TinySAMSchedule())})
-    train = load_region_images(_records(args.train), min_area=schedule.min_region_area)
-    val = load_region_images(_records(args.val), min_area=schedule.min_region_area)
-    settings = {"schedule": vars(schedule), "train": [args.train, len(train)], "val": [args.val, len(val)]}
-
-    meta_path = os.path.splitext(args.output)[0] + ".json"
-    reused = False
-    if args.reuse and os.path.isfile(args.output) and os.path.isfile(meta_path):
-        with open(meta_path) as f:
-            reused = json.load(f).get("settings") == json.loads(json.dumps(settings))
-    if reused:
-        sam = build_tiny_sam(schedule.image_size)
-        load_checkpoint(sam, args.output, "tiny")
-        sam.eval().requires_grad_(False)
-        training = json.load(open(meta_path))["training"]
-        print(f"reusing {args.output} (same schedule and datasets)")
-    else:
-        sam, training = train_tiny_sam(train, schedule, log=print, log_period=max(1, schedule.iters // 6))
-    start = time.perf_counter()
-    quality = point_prompt_quality(sam, val, schedule.image_size, seed=schedule.seed)
-    sweep = amg_threshold_sweep(sam, val, schedule.image_size)
-    report = {"settings": settings, "training": training, "quality": quality, "amg": sweep}
-    if not reused:
-        save_sam_checkpoint(sam, args.output, report)
-
+    threads = torch.get_num_threads()
+    try:
+        report = train_or_reuse_tiny_sam(args.train, args.val, args.output, schedule, reuse=args.reuse,
+                                         eval_period=args.eval_period, threads=args.threads)
+    except ValueError as e:
+        raise SystemExit(str(e))
+    finally:
+        torch.set_num_threads(threads)
+    training, quality, swapped = report["training"], report["quality"], report["swapped_quality"]
     print(f"\ntiny SAM: {training['seconds']:.1f} s of training ({schedule.iters} iterations, {args.threads} threads)")
     print(
         f"single point inside each of {quality['num_prompts']} validation regions: mean IoU "
-        f"{quality['best_iou']:.3f} (best of 3 masks), {quality['top_score_iou']:.3f} (highest predicted IoU; "
-        f"mean prediction {quality['mean_pred_iou']:.3f})"
+        f"{quality['best_iou']:.3f} (best of 3 masks; {swapped['best_iou']:.3f} with x and y swapped), "
+        f"{quality['top_score_iou']:.3f} (highest predicted IoU; mean prediction {quality['mean_pred_iou']:.3f})"
     )
     print("masks per image surviving AMG's filters (32x32 grid, box NMS 0.7):")
-    for row in sweep:
+    for row in report["amg"]:
         tag = " (AMG defaults)" if (row["pred_iou_thresh"], row["stability_score_thresh"]) == AMG_DEFAULTS[:2] else ""
         print(
             f"  pred IoU > {row['pred_iou_thresh']:.2f}, stability >= {row['stability_score_thresh']:.2f}: "
             f"{row['masks_per_image']:.1f}{tag}"
         )
-    print(f"checkpoint: {args.output}  (evaluation {time.perf_counter() - start:.1f} s)")
+    print(f"checkpoint: {args.output}")
     return report
 
 

@@ -2,11 +2,14 @@
 
 Steps (each skipped when its output exists, so a second run reuses them):
   0. the synthetic COCO-Stuff-layout dataset;
-  1. the tiny SAM: random, or a checkpoint trained like SAM (tools/train_tiny_sam.py; the demo's
-     --sam-checkpoint), loaded through MODEL.SAM_MI.SAM.CHECKPOINT exactly as SAM-H is;
+  1. the tiny SAM (segment-anything's classes) trained with SAM's recipe on the training set
+     (sam_pretraining.py; its quality, with x and y of the prompts swapped as a control, goes to the table's
+     caption) and loaded through MODEL.SAM_MI.SAM.CHECKPOINT exactly as SAM-H is; or a given checkpoint, or
+     the random tiny SAM;
   2. a warm-up of the random tiny CLIP (CAT-Seg's training, CLIP kept: the stand-in for a pre-trained CLIP),
      then from that CLIP the CAT-Seg baseline (SAM parts off) and SAM-MI (stage 1 TSPP, stage 2 with SAM's masks
-     injected), same seed, data and stage-2 schedule, trained in two processes at once (they are independent);
+     injected), same seed, data and stage-2 schedule. Steps 1-2 are a job graph run by two one-thread
+     processes (job_graph.py): the SAM trains beside the warm-up;
   3. evaluation of the baseline, of SAM-MI trained without masks (TSPP's share of the gain), and of SAM-MI
      with TSPP, grid and random-64 prompts (Table 5 at tiny scale),
      with the oracle's masks at test time, and of SAM-MI trained and evaluated with the oracle's masks (the
@@ -14,10 +17,8 @@ Steps (each skipped when its output exists, so a second run reuses them):
   4. results.md, predictions.png and a predictor panel of one validation image.
 """
 import logging
-import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -26,7 +27,6 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluators, inference_on_dataset
 from detectron2.utils.env import seed_all_rng
-from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
 from ..config import add_sam_mi_config
@@ -37,10 +37,14 @@ from ..evaluation.boundary import BoundaryIoUEvaluator
 from ..evaluation.sam_mi_stats import SAMMIStatsEvaluator
 from ..utils.atomic_io import atomic_write
 from ..utils.checkpoint_io import CheckedCheckpointer
+from .job_graph import Job, run_job_graph
 from .trainer import Trainer
 
 logger = logging.getLogger("sam_mi.demo")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+#: regions under 100 px (~40% of one 16-px patch of the tiny SAM) are mostly out of its reach
+#: (sam_pretraining.py); the demo's SAM trains on the others
+DEMO_SAM_MIN_REGION_AREA = 100
 
 
 def load_cfg(config: str, output_dir: str, opts: Sequence = ()) -> "CfgNode":  # noqa: F821
@@ -105,6 +109,42 @@ def effect_table(rows: Dict[str, Dict[str, float]]) -> str:
     return tabulate(body, headers=head, tablefmt="github")
 
 
+def seed_summary_table(per_seed: Dict[int, Dict[str, Dict[str, float]]]) -> str:
+    """Each row's mIoU and boundary IoU over seeds (mean ± sample standard deviation), and its paired difference
+    to the baseline of the same seed: the trainings of one seed share their CLIP warm-up, so the difference
+    varies less than either score."""
+    def spread(values: List[float]) -> str:
+        values = np.asarray(values, dtype=np.float64)
+        std = values.std(ddof=1) if len(values) > 1 else 0.0
+        return f"{values.mean():.1f} ± {std:.1f}"
+
+    seeds = list(per_seed)
+    names = list(per_seed[seeds[0]])
+    base = "CAT-Seg baseline"
+    body = []
+    for name in names:
+        row = [name]
+        for key in ("mIoU", "BIoU"):
+            row.append(spread([per_seed[s][name][key] for s in seeds]))
+            row.append(spread([per_seed[s][name][key] - per_seed[s][base][key] for s in seeds]))
+        body.append(row)
+    head = ["setting", "mIoU", "mIoU - baseline", "boundary IoU", "boundary IoU - baseline"]
+    return tabulate(body, headers=head, tablefmt="github")
+
+
+def sam_caption(report: Optional[Dict], checkpoint: str = "") -> str:
+    """One sentence on the demo's SAM: the tiny SAM's quality report (`train_demo_sam`), else what was used."""
+    if report is None:
+        return f"SAM: {checkpoint}." if checkpoint else "SAM: the random tiny SAM (its masks ignore the prompt)."
+    quality, swapped = report["quality"]["best_iou"], report["swapped_quality"]["best_iou"]
+    unfiltered = min(report["amg"], key=lambda row: (row["pred_iou_thresh"], row["stability_score_thresh"]))
+    schedule, seconds = report["settings"]["schedule"], report["training"]["seconds"]
+    return (f"SAM: the tiny SAM trained with SAM's recipe ({schedule['iters']} iterations, {seconds:.0f} s"
+            f"{', reused' if report.get('reused') else ''}). One point inside each validation region: best-of-3 "
+            f"mask IoU {quality:.2f} ({swapped:.2f} with the prompt's x and y swapped); "
+            f"{unfiltered['masks_per_image']:.0f} masks per image pass NMS with the quality filters off.")
+
+
 def save_predictions_picture(models: Dict[str, torch.nn.Module], dataset: str, path: str, num_images: int = 4) -> None:
     """Image | ground truth | each model's prediction for the first validation images, coloured by class."""
     import matplotlib
@@ -148,35 +188,28 @@ def load_model(cfg, weights: str) -> torch.nn.Module:
     return model
 
 
-def train_jobs(jobs: Sequence[Tuple[str, "CfgNode"]], log_file: str = "", threads: int = 0) -> List[str]:  # noqa: F821
-    """Train each (title, config) in order, each from the same seed (model initialisation repeats: the
-    baseline and SAM-MI start from the same CLIP); returns their model_final.pth files. ``log_file`` and
-    ``threads`` set up a worker process (its own log file, torch threads)."""
-    if threads:
-        torch.set_num_threads(threads)
-    if log_file:
-        setup_logger(output=log_file, name="sam_mi")
-        setup_logger(output=log_file, name="detectron2", abbrev_name="d2")
-    weights = []
-    for title, cfg in jobs:
-        logger.info("=== %s, %d iterations", title, cfg.SOLVER.MAX_ITER)
-        seed_all_rng(0)
-        weights.append(train(cfg))
-    return weights
+def train_job(title: str, cfg) -> str:
+    """One training of the demo (a job of `run_job_graph`), every one from the same seed, ``cfg.SEED`` (model
+    initialisation repeats: the baseline and SAM-MI start from the same CLIP); returns its model_final.pth."""
+    logger.info("=== %s, %d iterations, seed %d", title, cfg.SOLVER.MAX_ITER, cfg.SEED)
+    seed_all_rng(max(0, cfg.SEED))  # python, numpy, torch: initialisation and the data order
+    return train(cfg)
 
 
-def train_jobs_in_parallel(chains: Dict[str, Sequence[Tuple[str, "CfgNode"]]], out: str,  # noqa: F821
-                           workers: int = 2) -> Dict[str, List[str]]:
-    """`train_jobs` for each independent chain (the baseline; SAM-MI's stage 1 then stage 2), in ``workers``
-    processes of one thread each: the tiny models are too small for a second thread to pay, so on a 2-core
-    machine two processes halve the demo's training time. ``workers`` 1 trains in this process, in order."""
-    if workers <= 1:
-        return {name: train_jobs(jobs) for name, jobs in chains.items()}
-    context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's thread pools
-    with ProcessPoolExecutor(min(workers, len(chains)), mp_context=context) as pool:
-        futures = {name: pool.submit(train_jobs, jobs, os.path.join(out, f"log_{name}.txt"), 1)
-                   for name, jobs in chains.items()}
-        return {name: future.result() for name, future in futures.items()}
+def warm_up_clip(cfg, clip_path: str) -> str:
+    """The CLIP warm-up (CAT-Seg's training of ``cfg``), of which only CLIP is kept, at ``clip_path``."""
+    weights = train_job("warm-up of the tiny CLIP (CAT-Seg's training; CLIP kept)", cfg)
+    return keep_clip_weights(weights, clip_path)
+
+
+def train_demo_sam(train_split: str, val_split: str, output: str, iters: int, seed: int = 0) -> Dict:
+    """The demo's tiny SAM, trained with SAM's recipe (sam_pretraining.py) or reused; returns its report."""
+    from .sam_pretraining import TinySAMSchedule
+    from .tiny_sam_run import train_or_reuse_tiny_sam
+
+    logger.info("=== the tiny SAM, trained with SAM's recipe, %d iterations", iters)
+    schedule = TinySAMSchedule(iters=iters, min_region_area=DEMO_SAM_MIN_REGION_AREA, seed=seed)
+    return train_or_reuse_tiny_sam(train_split, val_split, output, schedule, reuse=True, log=logger.info)
 
 
 def keep_clip_weights(checkpoint: str, path: str) -> str:
@@ -188,77 +221,114 @@ def keep_clip_weights(checkpoint: str, path: str) -> str:
     return path
 
 
-def run_demo(out: str, num_train: int, num_val: int, sam_checkpoint: str, iters: Optional[Dict[str, int]] = None,
-             panel_image: Optional[str] = None, workers: int = 2) -> Dict[str, Dict[str, float]]:
-    """Steps 2-4 of the module docstring (data and tiny SAM prepared by the caller); returns the table's rows.
-    ``workers``: processes for the two independent trainings (`train_jobs_in_parallel`)."""
+#: The table's rows: setting -> (the trained model, config overrides at test time).
+DEMO_ROWS: Dict[str, Tuple[str, List]] = {
+    "CAT-Seg baseline": ("baseline", []),
+    "SAM-MI trained without masks": ("no_masks", []),
+    "SAM-MI, TSPP": ("stage2", []),
+    "SAM-MI, grid": ("stage2", ["MODEL.SAM_MI.TSPP.SAMPLING", "grid"]),
+    "SAM-MI, random-64": ("stage2", ["MODEL.SAM_MI.TSPP.SAMPLING", "random"]),
+    "SAM-MI, oracle masks": ("stage2", ["MODEL.SAM_MI.SAM.ORACLE_MASKS", True]),
+    "SAM-MI trained with oracle masks": ("oracle", []),
+}
+
+
+def demo_configs(out: str, sam_checkpoint: str, iters: Optional[Dict[str, int]] = None, seed: int = 0) -> Dict:
+    """The demo's training configs under ``out``: {"warmup" (if any), "stage1", "baseline", "stage2", "oracle",
+    "no_masks"}, every one with SEED ``seed``; each model is ``<cfg.OUTPUT_DIR>/model_final.pth``."""
     iters = iters or {}
-    sam = ["MODEL.SAM_MI.SAM.CHECKPOINT", sam_checkpoint]
+    seeded = ["SEED", seed]
     # The paper's models all start from a pre-trained CLIP (and a random aggregator); a random tiny CLIP's 7
     # text embeddings have cosine 0.93-0.98 with each other, so TSPP's stage 1 (CLIP frozen) would see
     # class-blind cost maps and learn nothing (L_tspp stays at ln 7). The tiny stand-in for CLIP's
     # pre-training: ``warmup`` iterations of CAT-Seg's training, of which only CLIP is kept; the baseline and
     # SAM-MI both start from that CLIP, their aggregators (and TSPP, DMI) from random weights, as in the paper.
     # (Keeping the warm aggregator too favours the baseline: SAM-MI's random DMI first disturbs it.)
-    warmup = iters.get("warmup", 300)
-    init: List = []
-    if warmup > 0:
-        warm = load_cfg("configs/tiny/sam_mi_tiny_baseline.yaml", os.path.join(out, "clip_warmup"),
-                        ["SOLVER.MAX_ITER", warmup])
-        warm_weights = train_jobs([("warm-up of the tiny CLIP (CAT-Seg's training; CLIP kept)", warm)])[0]
-        init = ["MODEL.WEIGHTS", keep_clip_weights(warm_weights, os.path.join(out, "clip_warmup", "clip.pth"))]
-    stage1 = load_cfg("configs/tiny/sam_mi_tiny_stage1.yaml", os.path.join(out, "stage1"),
-                      ["SOLVER.MAX_ITER", iters.get("stage1", 500)] + init)
-    stage2_opts = ["SOLVER.MAX_ITER", iters.get("stage2", 500)]
-    baseline = load_cfg("configs/tiny/sam_mi_tiny_baseline.yaml", os.path.join(out, "baseline"), stage2_opts + init)
-    stage1_weights = os.path.join(stage1.OUTPUT_DIR, "model_final.pth")
-    stage2 = load_cfg("configs/tiny/sam_mi_tiny_stage2.yaml", os.path.join(out, "stage2"),
-                      stage2_opts + sam + ["MODEL.WEIGHTS", stage1_weights])
+    cfgs, init = {}, []
+    if iters.get("warmup", 300) > 0:
+        cfgs["warmup"] = load_cfg("configs/tiny/sam_mi_tiny_baseline.yaml", os.path.join(out, "clip_warmup"),
+                                  seeded + ["SOLVER.MAX_ITER", iters.get("warmup", 300)])
+        init = ["MODEL.WEIGHTS", os.path.join(out, "clip_warmup", "clip.pth")]
+    cfgs["stage1"] = load_cfg("configs/tiny/sam_mi_tiny_stage1.yaml", os.path.join(out, "stage1"),
+                              seeded + ["SOLVER.MAX_ITER", iters.get("stage1", 500)] + init)
+    stage2_opts = seeded + ["SOLVER.MAX_ITER", iters.get("stage2", 500)]
+    cfgs["baseline"] = load_cfg("configs/tiny/sam_mi_tiny_baseline.yaml", os.path.join(out, "baseline"),
+                                stage2_opts + init)
+    stage1_weights = os.path.join(cfgs["stage1"].OUTPUT_DIR, "model_final.pth")
+    cfgs["stage2"] = load_cfg("configs/tiny/sam_mi_tiny_stage2.yaml", os.path.join(out, "stage2"),
+                              stage2_opts + ["MODEL.SAM_MI.SAM.CHECKPOINT", sam_checkpoint,
+                                             "MODEL.WEIGHTS", stage1_weights])
     # The ceiling of mask injection: SAM-MI trained (stage 2 from the warm-up, no stage 1: the oracle needs no
     # prompts) and evaluated with the ground truth's regions as its masks, injected as they are (SMAgg off:
-    # the regions are class-pure already, and merging them by a tiny TSPP's M^text mixes classes). It shares
-    # the baseline's process, which is the shorter chain.
-    oracle = load_cfg("configs/tiny/sam_mi_tiny_stage2.yaml", os.path.join(out, "stage2_oracle"),
-                      stage2_opts + ["MODEL.WEIGHTS", init[1] if init else "", "MODEL.SAM_MI.SAM.ORACLE_MASKS", True,
-                                     "MODEL.SAM_MI.SMAGG.ENABLED", False])
+    # the regions are class-pure already, and merging them by a tiny TSPP's M^text mixes classes).
+    cfgs["oracle"] = load_cfg("configs/tiny/sam_mi_tiny_stage2.yaml", os.path.join(out, "stage2_oracle"),
+                              stage2_opts + ["MODEL.WEIGHTS", init[1] if init else "",
+                                             "MODEL.SAM_MI.SAM.ORACLE_MASKS", True, "MODEL.SAM_MI.SMAGG.ENABLED", False])
     # What SAM-MI gains without any mask (SAM's filters keep none, so DMI never runs: stage 1 and L_tspp alone),
     # to split the margin over the baseline into TSPP's share and the masks' share.
-    no_masks = load_cfg("configs/tiny/sam_mi_tiny_stage2.yaml", os.path.join(out, "stage2_no_masks"),
-                        stage2_opts + ["MODEL.WEIGHTS", stage1_weights, "MODEL.SAM_MI.SAM.PRED_IOU_THRESH", 1e9])
-    jobs = {"baseline": [("CAT-Seg baseline (SAM parts off)", baseline),
-                         ("SAM-MI stage 2 trained with the oracle's masks (the ceiling)", oracle)],
-            "sam_mi": [("SAM-MI stage 1: TSPP alone", stage1),
-                       (f"SAM-MI stage 2: the tiny SAM's masks injected ({sam_checkpoint or 'random weights'})",
-                        stage2),
-                       ("SAM-MI stage 2 without masks (TSPP's share of the gain)", no_masks)]}
-    trained = train_jobs_in_parallel(jobs, out, workers)
-    (baseline_weights, oracle_weights), (_, stage2_weights, no_masks_weights) = trained["baseline"], trained["sam_mi"]
+    cfgs["no_masks"] = load_cfg("configs/tiny/sam_mi_tiny_stage2.yaml", os.path.join(out, "stage2_no_masks"),
+                                stage2_opts + ["MODEL.WEIGHTS", stage1_weights,
+                                               "MODEL.SAM_MI.SAM.PRED_IOU_THRESH", 1e9])
+    return cfgs
 
-    settings = {
-        "CAT-Seg baseline": (baseline, baseline_weights, []),
-        "SAM-MI trained without masks": (no_masks, no_masks_weights, []),
-        "SAM-MI, TSPP": (stage2, stage2_weights, []),
-        "SAM-MI, grid": (stage2, stage2_weights, ["MODEL.SAM_MI.TSPP.SAMPLING", "grid"]),
-        "SAM-MI, random-64": (stage2, stage2_weights, ["MODEL.SAM_MI.TSPP.SAMPLING", "random"]),
-        "SAM-MI, oracle masks": (stage2, stage2_weights, ["MODEL.SAM_MI.SAM.ORACLE_MASKS", True]),
-        "SAM-MI trained with oracle masks": (oracle, oracle_weights, []),
-    }
+
+def evaluate_demo_rows(cfgs: Dict, out: str) -> Dict[str, Dict[str, float]]:
+    """`evaluate` of every row of `DEMO_ROWS` (trained models of `demo_configs`), outputs under ``out``/eval."""
     rows = {}
-    for name, (cfg, weights, opts) in settings.items():
-        sub = cfg.clone()
+    for name, (key, opts) in DEMO_ROWS.items():
+        sub = cfgs[key].clone()
         sub.defrost()
         sub.merge_from_list(opts)
         sub.OUTPUT_DIR = os.path.join(out, "eval", name.replace(", ", "_").replace(" ", "_"))
         sub.freeze()
         logger.info("=== evaluating %s", name)
-        rows[name] = evaluate(sub, weights)
-
-    dataset = stage2.DATASETS.TEST[0]
-    models = {"CAT-Seg": load_model(baseline, baseline_weights), "SAM-MI": load_model(stage2, stage2_weights)}
-    save_predictions_picture(models, dataset, os.path.join(out, "predictions.png"))
-    draw_demo_panel(stage2, stage2_weights, panel_image or DatasetCatalog.get(dataset)[0]["file_name"],
-                    resolve_vocabulary(dataset), os.path.join(out, "panel.png"))
+        rows[name] = evaluate(sub, os.path.join(cfgs[key].OUTPUT_DIR, "model_final.pth"))
     return rows
+
+
+def run_demo(out: str, sam_checkpoint: str, iters: Optional[Dict[str, int]] = None, panel_image: Optional[str] = None,
+             workers: int = 2, seed: int = 0) -> Tuple[Dict[str, Dict[str, float]], Optional[Dict]]:
+    """Steps 1-4 of the module docstring (the dataset prepared by the caller); returns (the table's rows, the
+    tiny SAM's report when it was trained here, else None).
+
+    ``iters``: {"sam", "warmup", "stage1", "stage2"} iterations; "sam" > 0 trains the tiny SAM (else
+    ``sam_checkpoint``, or the random tiny SAM when empty). ``workers``: processes for the trainings
+    (`run_job_graph`; 1: in this process, in order). ``seed``: of every training, the SAM's included."""
+    iters = iters or {}
+    sam_iters = iters.get("sam", 0)
+    if sam_iters > 0:
+        sam_checkpoint = os.path.join(out, "tiny_sam", "sam_tiny.pth")
+    cfgs = demo_configs(out, sam_checkpoint, iters, seed)
+    jobs: Dict[str, Job] = {}
+    after_warmup: Tuple[str, ...] = ()
+    if "warmup" in cfgs:
+        jobs["warmup"] = Job(warm_up_clip, (cfgs["warmup"], os.path.join(out, "clip_warmup", "clip.pth")))
+        after_warmup = ("warmup",)
+    after_sam: Tuple[str, ...] = ()
+    if sam_iters > 0:
+        splits = cfgs["stage2"].DATASETS.TRAIN[0], cfgs["stage2"].DATASETS.TEST[0]
+        jobs["tiny_sam"] = Job(train_demo_sam, (*splits, sam_checkpoint, sam_iters, seed))
+        after_sam = ("tiny_sam",)
+    # In this order a free worker takes the first ready job: with two workers the SAM trains beside the warm-up,
+    # and the oracle's run fills the wait for the SAM (measured: the graph ends ~10% sooner than in other orders).
+    jobs["stage1"] = Job(train_job, ("SAM-MI stage 1: TSPP alone", cfgs["stage1"]), after_warmup)
+    jobs["oracle"] = Job(train_job, ("SAM-MI stage 2 trained with the oracle's masks (the ceiling)", cfgs["oracle"]),
+                         after_warmup)
+    jobs["stage2"] = Job(train_job, (f"SAM-MI stage 2: the tiny SAM's masks injected "
+                                     f"({sam_checkpoint or 'random weights'})", cfgs["stage2"]), ("stage1",) + after_sam)
+    jobs["no_masks"] = Job(train_job, ("SAM-MI stage 2 without masks (TSPP's share of the gain)", cfgs["no_masks"]),
+                           ("stage1",))
+    jobs["baseline"] = Job(train_job, ("CAT-Seg baseline (SAM parts off)", cfgs["baseline"]), after_warmup)
+    trained = run_job_graph(jobs, workers, log_dir=out)
+    rows = evaluate_demo_rows(cfgs, out)
+
+    baseline, stage2 = cfgs["baseline"], cfgs["stage2"]
+    dataset = stage2.DATASETS.TEST[0]
+    models = {"CAT-Seg": load_model(baseline, trained["baseline"]), "SAM-MI": load_model(stage2, trained["stage2"])}
+    save_predictions_picture(models, dataset, os.path.join(out, "predictions.png"))
+    draw_demo_panel(stage2, trained["stage2"], panel_image or DatasetCatalog.get(dataset)[0]["file_name"],
+                    resolve_vocabulary(dataset), os.path.join(out, "panel.png"))
+    return rows, trained.get("tiny_sam")
 
 
 def draw_demo_panel(cfg, weights: str, image_path: str, vocabulary: List[str], path: str) -> None:

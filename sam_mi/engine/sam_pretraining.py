@@ -5,7 +5,9 @@ image. This trains `build_tiny_sam` (segment-anything's own classes) the way SAM
 (Kirillov et al., "Segment Anything", arXiv 2304.02643, Sec. 3 and App. A "Training algorithm"):
 
 - prompts: one positive point drawn uniformly inside a region, the region (a connected component of one
-  class of a semantic label map, `region_map`) being the target;
+  class of a semantic label map, `region_map`) being the target; or, for a ``box_fraction`` of the prompts,
+  the region's bounding box with SAM's noise (`jittered_boxes`; SAM draws a point or a box with equal
+  probability, our default is points only, see below);
 - multimask output (3 candidates) and the mask loss of the best candidate only (min over the 3);
 - loss: focal 20 : dice 1 on the masks, plus the MSE between the predicted IoU of every candidate and its
   actual IoU with the target;
@@ -24,17 +26,21 @@ Deliberate differences from SAM, each an option of `TinySAMSchedule`:
 - `mimetic_qk_scale` > 0 initialises the decoder's attentions mimetically (`mimetic_init_`): from default
   init SAM's decoder needs ~10^3 iterations before its masks depend on the prompt at all.
 
-How long it takes (measured on the synthetic set, 96 training / 16 validation images, one CPU thread,
-0.04 s per iteration): SAM's decoder first sits on a plateau where its masks ignore the prompt (one candidate
-is the whole image, the others empty; best-of-3 IoU on validation regions 0.1-0.2, the same with x and y
-swapped). It stays there for 1-2 thousand iterations whatever we tried (learning rate 1e-3 to 1e-2, 4 images
-per step, prompt width 64, patch 4, a stronger positional encoding, focal weight 1, single-mask output, flat
-colours instead of textures, mimetic or token initialisation, a fixed-layout curriculum), and leaves it
-between 2 and 6 thousand: after 6000 iterations (`--iters 6000 --min-region-area 100`, ~4 min) the
-validation best-of-3 IoU is 0.35 against 0.17 with transposed prompts, and 66 masks per image pass NMS with
-the quality filters off. On a set whose region positions are fixed (tests/test_tiny_sam.py) it leaves the
-plateau within 400 iterations. Regions under ~100 px (a fraction of one 16-px patch) are mostly unreachable
-at this patch size; dropping them (`min_region_area`) helps a little.
+How long it takes (measured on the demo's synthetic set, 96 training / 16 validation images, regions of at
+least 100 px, one CPU thread, 0.037 s per iteration; `tools/train_tiny_sam.py --eval-period 250` prints the
+validation best-of-3 IoU of one point per region and the same with the prompt's x and y swapped, which stays
+at 0.13-0.20 whatever the training): SAM's decoder first sits on a plateau where its masks ignore the prompt
+(one candidate is the whole image, the others empty; both IoUs 0.06-0.18). With the defaults below it leaves
+it after 500-1000 iterations: at 2000 iterations (74 s) the IoU is 0.30 / 0.28 (swapped 0.13 / 0.20) for
+seeds 1 / 2; a 3000-iteration schedule reaches 0.32 (swapped 0.18), a 6000-iteration one 0.34 (0.17). The
+demo trains 2000 (tools/demo.py --train-sam-iters). Nothing we tried made it leave the plateau sooner:
+learning rate 1e-3 to 1e-2, 4 images or 64 prompts per step, prompt width 64, patch 4, a stronger positional
+encoding, focal weight 1, single-mask output, flat colours instead of textures, mask tokens initialised to the
+point embedding, a fixed-layout curriculum, or SAM's box prompts for half of the first prompts
+(``box_fraction`` 0.5: 0.30 at 3000 iterations, against 0.32 without). On a set whose region positions are
+fixed (tests/test_tiny_sam.py) it leaves the plateau within 400 iterations. Regions under ~100 px (a fraction
+of one 16-px patch) are mostly unreachable at this patch size; dropping them (``min_region_area``) helps a
+little.
 
 The checkpoint is a plain state dict of `Sam` (segment-anything's format) written atomically; load it with
 `sam_mi.modeling.sam.load_checkpoint(build_tiny_sam(S), path, "tiny")`, or MODEL.SAM_MI.SAM.CHECKPOINT.
@@ -66,6 +72,7 @@ __all__ = [
     "pixel_centres",
     "sample_region_points",
     "decode_points",
+    "jittered_boxes",
     "mimetic_init_",
     "train_tiny_sam",
     "save_sam_checkpoint",
@@ -80,6 +87,7 @@ def decode_points(
     labels: torch.Tensor,
     mask_input: Optional[torch.Tensor] = None,
     multimask: bool = True,
+    boxes: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """segment-anything's prompt encoder + mask decoder for one image (as `Sam.forward` does per image).
 
@@ -87,7 +95,18 @@ def decode_points(
     mask_input: optional [P,1,4h,4w] low-res logits. Returns (low-res logits [P,K,4h,4w], iou [P,K]),
     K = 3 with multimask else 1.
     """
-    sparse, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=mask_input)
+    if boxes is not None:
+        # A box prompt instead of points for the prompts whose row of `boxes` is finite: both take two
+        # tokens (a point gets the padding token), so the two kinds decode in one batch.
+        is_box = torch.isfinite(boxes).all(dim=1)
+        sparse_pt, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=mask_input)
+        if bool(is_box.any()):
+            sparse_box, _ = sam.prompt_encoder(points=None, boxes=boxes.nan_to_num(0.0), masks=None)
+            sparse = torch.where(is_box[:, None, None], sparse_box, sparse_pt)
+        else:
+            sparse = sparse_pt
+    else:
+        sparse, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=mask_input)
     return sam.mask_decoder(
         image_embeddings=embedding,
         image_pe=sam.prompt_encoder.get_dense_pe(),
@@ -113,6 +132,28 @@ def _corrective_points(
     return pixel_centres(index, h, w), labels
 
 
+def jittered_boxes(
+    target: torch.Tensor, generator: torch.Generator, noise: float = 0.1, max_px: float = 20.0
+) -> torch.Tensor:
+    """SAM's box prompt: the target's bounding box, each coordinate moved by Gaussian noise of std `noise`
+    times the box's side, at most `max_px` pixels (SAM App. A, "Training algorithm").
+
+    target: bool [P,H,W] (non-empty masks) -> normalised (x0, y0, x1, y1) [P,4], pixel edges, in [0,1].
+    """
+    p, h, w = target.shape
+    cols, rows = target.any(dim=1), target.any(dim=2)  # [P,W], [P,H]
+    ar_w, ar_h = torch.arange(w), torch.arange(h)
+    x0 = torch.where(cols, ar_w, w).min(dim=1)[0]
+    x1 = torch.where(cols, ar_w, -1).max(dim=1)[0] + 1
+    y0 = torch.where(rows, ar_h, h).min(dim=1)[0]
+    y1 = torch.where(rows, ar_h, -1).max(dim=1)[0] + 1
+    box = torch.stack([x0, y0, x1, y1], dim=1).float()
+    side = torch.stack([x1 - x0, y1 - y0, x1 - x0, y1 - y0], dim=1).float()
+    jitter = (torch.randn(p, 4, generator=generator) * noise * side).clamp(-max_px, max_px)
+    box = box + jitter
+    return (box / box.new_tensor([w, h, w, h])).clamp(0.0, 1.0)
+
+
 # --------------------------------------------------------------------------------------------- training
 @dataclass(frozen=True)
 class TinySAMSchedule:
@@ -133,6 +174,7 @@ class TinySAMSchedule:
     warmup_iters: int = 50
     grad_clip: float = 1.0
     corrective_rounds: int = 0
+    box_fraction: float = 0.0
     mimetic_qk_scale: float = 3.0
     min_region_area: int = 16
     seed: int = 0
@@ -141,6 +183,8 @@ class TinySAMSchedule:
         for name in ("iters", "images_per_batch", "prompts_per_image", "loss_points", "min_region_area"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TinySAMSchedule.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.box_fraction <= 1.0:
+            raise ValueError(f"TinySAMSchedule.box_fraction must be in [0, 1], got {self.box_fraction}")
         if self.corrective_rounds < 0:
             raise ValueError(f"TinySAMSchedule.corrective_rounds must be >= 0, got {self.corrective_rounds}")
 
@@ -225,7 +269,12 @@ def _image_loss(
     target = sample.regions[None] == ids[:, None, None]  # [P,H,W]
     coords = points_to_input_frame(points, (h, w), (h_in, w_in))[:, None, :]  # [P,1,2]
     labels = torch.ones(coords.shape[:2], dtype=torch.int)
-    low, iou = decode_points(sam, embedding, coords, labels, multimask=True)
+    boxes = None
+    if schedule.box_fraction > 0:
+        use_box = torch.rand(len(ids), generator=generator) < schedule.box_fraction
+        boxes = torch.where(use_box[:, None], jittered_boxes(target, generator), float("nan"))
+        boxes = points_to_input_frame(boxes.view(-1, 2), (h, w), (h_in, w_in)).view(-1, 4)
+    low, iou = decode_points(sam, embedding, coords, labels, multimask=True, boxes=boxes)
     n = schedule.loss_points
     loss, parts, masks = _candidate_loss(low, iou, sample, ids, target, geometry, n, generator)
     best_iou = parts["actual_iou"].max(dim=1)[0].mean()
@@ -248,9 +297,15 @@ def train_tiny_sam(
     schedule: TinySAMSchedule = TinySAMSchedule(),
     log: Optional[Callable[[str], None]] = None,
     log_period: int = 100,
+    on_period: Optional[Callable[[int, nn.Module], None]] = None,
 ) -> Tuple[nn.Module, Dict[str, float]]:
     """Train `build_tiny_sam(schedule.image_size)` on `samples`; returns (the `Sam`, in eval mode, and
     {"seconds", "final_mask_loss", "final_iou_loss", "final_best_iou"} averaged over the last 10%).
+
+    `on_period(it, sam)`, if given, is called with SAM in eval mode after every `log_period` iterations (e.g.
+    to follow the validation IoU, as tools/train_tiny_sam.py --eval-period does); the model returns to
+    training afterwards, and the callback must not draw from torch's global RNG if the run is to be
+    reproduced without it.
 
     Deterministic for a given schedule, data and thread count: the model is initialised under
     `schedule.seed` (in a forked RNG, the caller's global RNG state is left untouched) and every random
@@ -303,6 +358,11 @@ def train_tiny_sam(
                 f"tiny SAM iter {it + 1}/{schedule.iters}: mask loss {h['mask']:.3f}, IoU loss {h['iou']:.4f}, "
                 f"best-of-3 IoU {h['best_iou']:.3f}, {time.perf_counter() - start:.1f} s"
             )
+        if on_period is not None and (it + 1) % log_period == 0:
+            sam.eval()
+            with torch.no_grad():
+                on_period(it + 1, sam)
+            sam.train().requires_grad_(True)  # PointPromptedSAM (sam_quality's evaluation) freezes SAM
     sam.eval()
     sam.requires_grad_(False)
     tail = history[-max(1, len(history) // 10) :]
