@@ -115,6 +115,9 @@ def add_sam_mi_config(cfg: CN) -> None:
     # diagnostic: the ground truth's regions replace SAM's masks (SMAgg and DMI unchanged), the ceiling of
     # mask injection on a dataset. Needs the labels in the inputs (training; whole-image evaluation).
     s.SAM.ORACLE_MASKS = False
+    # its control: the oracle's masks mirrored left-right (right shapes and count, wrong places). If a model
+    # scores the same with them, the masks' gain is not their placement (sam_mi/engine/demo.py's table)
+    s.SAM.ORACLE_MIRRORED = False
     s.SAM.IMAGE_SIZE = 1024  # SAM's input size, independent of CLIP's
     s.SAM.POINTS_PER_BATCH = 64  # points decoded together (memory bound)
     # SAM's automatic-mask-generator filters (defaults tuned for ViT-H).

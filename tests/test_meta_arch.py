@@ -206,3 +206,50 @@ def test_stage1_evaluation_scores_tspp_mask_output(synthetic_root):
         losses = model([{"image": random_image(128, 128), "sem_seg": torch.randint(0, 3, (128, 128))}])
     logged = storage.history("tspp/l_mse").latest()
     assert logged == pytest.approx(float(losses["loss_tspp_mse"]) / model.prompter.lambda_mse)
+
+
+def test_oracle_mirrored_masks_are_the_regions_mirrored(synthetic_root):
+    """MODEL.SAM_MI.SAM.ORACLE_MIRRORED, the oracle's control: the same regions, mirrored left-right."""
+    labels = torch.zeros(1, 64, 96, dtype=torch.long)
+    labels[0, :, 10:30] = 2
+    labels[0, 5:20, 50:90] = 4
+    images = torch.zeros(1, 3, 64, 96)
+    class_logits = torch.zeros(1, 7, 4, 6)
+    masks = {}
+    for mirrored in (False, True):
+        cfg = tiny_cfg(opts=["MODEL.SAM_MI.SAM.ORACLE_MASKS", True, "MODEL.SAM_MI.SMAGG.ENABLED", False,
+                             "MODEL.SAM_MI.SAM.ORACLE_MIRRORED", mirrored])
+        model = build_model(cfg).eval()
+        with torch.no_grad():
+            masks[mirrored] = model.propose_masks(images, None, class_logits, (4, 6), labels).masks
+    # regions: class 0 left and right of class 2's band, the band, class 4's box
+    assert masks[False].shape == masks[True].shape and int(masks[False][0].flatten(1).any(1).sum()) == 4
+    assert torch.equal(masks[True], masks[False].flip(-1)) and not torch.equal(masks[True], masks[False])
+
+
+def test_masks_reach_dmi_in_the_feature_frame(synthetic_root):
+    """In training, the oracle's regions reach both injections (Eq. 8-10 at CLIP's grid, Eq. 11-12 at both guidance
+    maps) where they lie in the image: a 40-px band at the left of a 128-px crop covers the cells whose area is at
+    least half in it (8 x 8: columns 0-2, 16 x 16: 0-4, 32 x 32: 0-9), a box at rows 80-127 / columns 64-127 the
+    bottom-right quarter's lower part. A transposed, mirrored or shifted frame fails it."""
+    from detectron2.utils.events import EventStorage
+
+    model = build_model(tiny_cfg(opts=["MODEL.SAM_MI.SAM.ORACLE_MASKS", True, "MODEL.SAM_MI.SMAGG.ENABLED", False]))
+    seen = {}
+    for name, module in (("low", model.cost_head.dmi_low), ("high0", model.cost_head.dmi_high[0]),
+                         ("high1", model.cost_head.dmi_high[1])):
+        module.register_forward_pre_hook(lambda mod, args, name=name: seen.__setitem__(name, args[1][0].clone()))
+    labels = torch.zeros(128, 128, dtype=torch.long)
+    labels[:, :40] = 1
+    labels[80:, 64:] = 2
+    with EventStorage():
+        model.train()([{"image": random_image(128, 128, seed=1), "sem_seg": labels}])
+    for name, band_cols in (("low", 3), ("high0", 5), ("high1", 10)):
+        masks = seen[name]  # [N, s, s]
+        s = masks.shape[-1]
+        band = torch.zeros(s, s, dtype=torch.bool)
+        band[:, :band_cols] = True
+        box = torch.zeros(s, s, dtype=torch.bool)
+        box[round(s * 80 / 128):, s // 2:] = True
+        assert any(torch.equal(m, band) for m in masks), name
+        assert any(torch.equal(m, box) for m in masks), name

@@ -100,7 +100,8 @@ def test_demo_runs_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = (tmp_path / "results.md").read_text()
     for row in ("CAT-Seg baseline", "SAM-MI, TSPP", "SAM-MI, grid", "SAM-MI, random-64", "SAM-MI, oracle masks",
-                "SAM-MI trained with oracle masks", "SAM-MI trained without masks"):
+                "SAM-MI trained with oracle masks", "SAM-MI trained without masks",
+                "SAM-MI trained with oracle masks, mirrored at test"):
         assert row in table and row in proc.stdout
     assert "boundary IoU" in table
     assert os.path.getsize(tmp_path / "predictions.png") > 1000 and os.path.getsize(tmp_path / "panel.png") > 1000

@@ -230,6 +230,8 @@ DEMO_ROWS: Dict[str, Tuple[str, List]] = {
     "SAM-MI, random-64": ("stage2", ["MODEL.SAM_MI.TSPP.SAMPLING", "random"]),
     "SAM-MI, oracle masks": ("stage2", ["MODEL.SAM_MI.SAM.ORACLE_MASKS", True]),
     "SAM-MI trained with oracle masks": ("oracle", []),
+    # its control: the same model with the oracle's masks mirrored (right shapes, wrong places)
+    "SAM-MI trained with oracle masks, mirrored at test": ("oracle", ["MODEL.SAM_MI.SAM.ORACLE_MIRRORED", True]),
 }
 
 

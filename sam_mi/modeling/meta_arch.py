@@ -64,6 +64,7 @@ class SAMMI(nn.Module):
         inference_seed: int = 0,
         inference_amp: bool = False,
         oracle_masks: bool = False,
+        oracle_mirrored: bool = False,
     ):
         """
         Args:
@@ -84,6 +85,8 @@ class SAMMI(nn.Module):
             oracle_masks: a diagnostic: the ground truth's regions replace SAM's masks (then SMAgg and DMI
                 run as usual), showing the ceiling of mask injection on a dataset. Needs "sem_seg" in the
                 inputs (training, or whole-image evaluation with a mapper that keeps the labels).
+            oracle_mirrored: with ``oracle_masks``, the regions mirrored left-right (the control: the same masks
+                in the wrong places).
         """
         super().__init__()
         if train_stage not in (1, 2):
@@ -114,6 +117,7 @@ class SAMMI(nn.Module):
         self.inference_seed = inference_seed
         self.inference_amp = inference_amp
         self.oracle_masks = oracle_masks
+        self.oracle_mirrored = oracle_mirrored
         self.train_class_names = list(train_class_names)
         self.set_vocabulary(test_class_names)
         if train_stage == 1:  # Sec. 3.5 stage 1: only TSPP's parameters are updated.
@@ -147,6 +151,7 @@ class SAMMI(nn.Module):
             "inference_seed": cfg.SEED if cfg.SEED >= 0 else 0,
             "inference_amp": s.INFERENCE.AMP,
             "oracle_masks": s.SAM.ORACLE_MASKS,
+            "oracle_mirrored": s.SAM.ORACLE_MIRRORED,
         }
 
     @property
@@ -276,6 +281,8 @@ class SAMMI(nn.Module):
                                  "'sem_seg' (a test mapper that keeps the labels)")
             with stage("sam_decoding"):
                 regions = [region_masks(t, out_size, self.ignore_value) for t in targets]
+                if self.oracle_mirrored:
+                    regions = [r.flip(-1) for r in regions]
             no_points = [images.new_zeros(0, 2) for _ in regions]
             return aggregate_masks(regions, no_points, class_logits, out_size, self.alpha_sma, keep_intermediates)
         sample = lambda i: self.prompter.sample(None if prob is None else prob[i], images.device, generator)  # noqa
