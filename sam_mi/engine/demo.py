@@ -13,7 +13,9 @@ Steps (each skipped when its output exists, so a second run reuses them):
   3. evaluation of the baseline, of SAM-MI trained without masks (TSPP's share of the gain), and of SAM-MI
      with TSPP, grid and random-64 prompts (Table 5 at tiny scale),
      with the oracle's masks at test time, and of SAM-MI trained and evaluated with the oracle's masks (the
-     ceiling of mask injection): mIoU, boundary IoU, points / SAM masks / injected masks and ms per image;
+     ceiling of mask injection) and with those masks mirrored (its control: does their placement matter?):
+     mIoU, boundary IoU, points / SAM masks / injected masks and ms per image (several ``seeds``: each row's
+     mean, spread and paired difference to the baseline, `seed_summary_table`);
   4. results.md, predictions.png and a predictor panel of one validation image.
 """
 import logging
