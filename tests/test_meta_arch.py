@@ -208,23 +208,28 @@ def test_stage1_evaluation_scores_tspp_mask_output(synthetic_root):
     assert logged == pytest.approx(float(losses["loss_tspp_mse"]) / model.prompter.lambda_mse)
 
 
-def test_oracle_mirrored_masks_are_the_regions_mirrored(synthetic_root):
-    """MODEL.SAM_MI.SAM.ORACLE_MIRRORED, the oracle's control: the same regions, mirrored left-right."""
-    labels = torch.zeros(1, 64, 96, dtype=torch.long)
-    labels[0, :, 10:30] = 2
-    labels[0, 5:20, 50:90] = 4
-    images = torch.zeros(1, 3, 64, 96)
-    class_logits = torch.zeros(1, 7, 4, 6)
-    masks = {}
-    for mirrored in (False, True):
-        cfg = tiny_cfg(opts=["MODEL.SAM_MI.SAM.ORACLE_MASKS", True, "MODEL.SAM_MI.SMAGG.ENABLED", False,
-                             "MODEL.SAM_MI.SAM.ORACLE_MIRRORED", mirrored])
-        model = build_model(cfg).eval()
-        with torch.no_grad():
-            masks[mirrored] = model.propose_masks(images, None, class_logits, (4, 6), labels).masks
-    # regions: class 0 left and right of class 2's band, the band, class 4's box
-    assert masks[False].shape == masks[True].shape and int(masks[False][0].flatten(1).any(1).sum()) == 4
-    assert torch.equal(masks[True], masks[False].flip(-1)) and not torch.equal(masks[True], masks[False])
+def test_oracle_mirrored_masks_are_the_regions_of_the_mirrored_labels(synthetic_root):
+    """MODEL.SAM_MI.SAM.ORACLE_MIRRORED, the oracle's control: the masks of the labels mirrored within the image
+    (before whole-image inference pads a 100-px-wide image to 128, so that they stay on the image)."""
+    labels = torch.zeros(64, 100, dtype=torch.long)
+    labels[:, 10:30] = 2
+    labels[5:20, 50:90] = 4
+    image = random_image(64, 100, seed=2)
+    opts = ["MODEL.SAM_MI.SAM.ORACLE_MASKS", True, "MODEL.SAM_MI.SMAGG.ENABLED", False]
+    torch.manual_seed(0)
+    plain = build_model(tiny_cfg(opts=opts)).eval()
+    torch.manual_seed(0)
+    mirrored = build_model(tiny_cfg(opts=opts + ["MODEL.SAM_MI.SAM.ORACLE_MIRRORED", True])).eval()
+
+    def masks(model, lab):
+        out = model.inference_one({"image": image, "sem_seg": lab}, keep_intermediates=True)
+        return out["intermediates"]["masks"].masks[0]  # [N, 4h, 4w] in the padded frame
+
+    aligned, flipped = masks(plain, labels), masks(mirrored, labels)
+    assert int(aligned.flatten(1).any(1).sum()) == 4  # class 0 left and right of the band, the band, the box
+    assert torch.equal(flipped, masks(plain, labels.flip(-1))) and not torch.equal(flipped, aligned)
+    # on the image (100 of 128 columns), never on the padding
+    assert not flipped[..., (100 * flipped.shape[-1]) // 128 + 1:].any()
 
 
 def test_masks_reach_dmi_in_the_feature_frame(synthetic_root):

@@ -177,7 +177,8 @@ class SAMMI(nn.Module):
 
     def losses(self, images: Tensor, targets: Tensor) -> Dict[str, Tensor]:
         """Training losses for images [B,3,H,W] (0-255) and labels [B,H,W] (Sec. 3.5)."""
-        out = self.predict(images, self.train_class_names, stage1=self.train_stage == 1, targets=targets)
+        out = self.predict(images, self.train_class_names, stage1=self.train_stage == 1,
+                           targets=self.oracle_labels(targets))
         losses = {}
         if out.get("tspp_prob") is not None:
             weight = 1.0 if self.train_stage == 1 else self.lambda_tspp
@@ -192,13 +193,20 @@ class SAMMI(nn.Module):
                 storage_put("sam_mi/num_masks", out["masks"].num_masks)
         return losses
 
+    def oracle_labels(self, labels: Tensor) -> Optional[Tensor]:
+        """The labels [B,H,W] the oracle's masks come from (None without oracle masks), mirrored left-right with
+        ``oracle_mirrored``: here, before whole-image inference pads them, so that they stay on the image."""
+        if not self.oracle_masks:
+            return None
+        return labels.flip(-1) if self.oracle_mirrored else labels
+
     def inference_one(self, x: Dict, keep_intermediates: bool = False) -> Dict:
         """Scores [T, height, width] and SAM-MI's counts for one input dict; with ``keep_intermediates`` also
         the forward's intermediate results ("intermediates": the dict of :meth:`predict` for the first view)."""
         image = x["image"].to(self.device).float()
         height, width = x.get("height", image.shape[-2]), x.get("width", image.shape[-1])
         stats: Dict[str, List[int]] = {"num_points": [], "num_sam_masks": [], "num_masks": []}
-        targets = x["sem_seg"].to(self.device)[None] if self.oracle_masks and "sem_seg" in x else None
+        targets = self.oracle_labels(x["sem_seg"].to(self.device)[None]) if "sem_seg" in x else None
         # Eq. 2's sampling at test time: one stream per image, the same in every run and on any number of GPUs
         generator = sampling_generator(image_seed(self.inference_seed, image_key(x)))
         frames = None  # SAM once per image: the views' boxes in the image
@@ -281,8 +289,6 @@ class SAMMI(nn.Module):
                                  "'sem_seg' (a test mapper that keeps the labels)")
             with stage("sam_decoding"):
                 regions = [region_masks(t, out_size, self.ignore_value) for t in targets]
-                if self.oracle_mirrored:
-                    regions = [r.flip(-1) for r in regions]
             no_points = [images.new_zeros(0, 2) for _ in regions]
             return aggregate_masks(regions, no_points, class_logits, out_size, self.alpha_sma, keep_intermediates)
         sample = lambda i: self.prompter.sample(None if prob is None else prob[i], images.device, generator)  # noqa
