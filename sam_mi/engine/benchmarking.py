@@ -3,9 +3,10 @@
 ``--random-weights`` runs a config's real architectures without any checkpoint: CLIP is built by open_clip
 without pretrained weights and SAM by the model's own builder with ``MODEL.SAM_MI.SAM.RANDOM_INIT`` (at any
 ``IMAGE_SIZE`` divisible by 16, e.g. 512 on CPUs). A random SAM's masks pass none of its filters, so
-``permissive_filters`` turns the predicted-IoU and stability thresholds off (NMS stays): SMAgg and DMI then
-work on realistic numbers of masks. An untrained TSPP head's point count is arbitrary, so without weights its
-maps are rescaled to ``expected_points`` (``MODEL.SAM_MI.TSPP.CALIBRATE_POINTS``; 41 = the paper's A-150
+``permissive_filters`` turns the predicted-IoU and stability thresholds off (NMS stays, and keeps about one of a
+random SAM's near-duplicate masks; MODEL.SAM_MI.SAM.BOX_NMS_THRESH 1.0 passes them all, see
+tools/benchmark_latency.py). An untrained TSPP head's point count is arbitrary, so without weights its maps are
+rescaled to ``expected_points`` (``MODEL.SAM_MI.TSPP.CALIBRATE_POINTS``; 41 = the paper's A-150
 average, Table 6).
 """
 import os
