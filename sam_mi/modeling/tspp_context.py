@@ -43,6 +43,10 @@ class ClassLinearAttention(nn.Module):
         return F.elu(q) + 1.0, F.elu(k) + 1.0, v
 
     @staticmethod
+    def _sums(k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+        return torch.einsum("lthd,lthe->lhde", k, v), k.sum(dim=1)
+
+    @staticmethod
     def _attend(q: Tensor, kv: Tensor, k_sum: Tensor) -> Tensor:
         norm = torch.einsum("lthd,lhd->lth", q, k_sum).clamp_min(1e-6)
         return torch.einsum("lthd,lhde->lthe", q, kv) / norm.unsqueeze(-1)
@@ -50,7 +54,7 @@ class ClassLinearAttention(nn.Module):
     def summarize(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """x [L, T, C] -> (sum_t k_t v_t^T [L, heads, d, d], sum_t k_t [L, heads, d])."""
         _, k, v = self._qkv(x)
-        return torch.einsum("lthd,lthe->lhde", k, v), k.sum(dim=1)
+        return self._sums(k, v)
 
     def attend(self, x: Tensor, kv: Tensor, k_sum: Tensor) -> Tensor:
         """The tokens of x [L, t, C] attending to the summaries of all tokens -> [L, t, C]."""
@@ -62,8 +66,7 @@ class ClassLinearAttention(nn.Module):
         """x: [L, T, C] (L = pixels) -> [L, T, C]."""
         l, t, c = x.shape
         q, k, v = self._qkv(x)
-        kv = torch.einsum("lthd,lthe->lhde", k, v)
-        return self.proj(self._attend(q, kv, k.sum(dim=1)).reshape(l, t, c))
+        return self.proj(self._attend(q, *self._sums(k, v)).reshape(l, t, c))
 
 
 def class_slices(num_classes: int, chunk: int) -> List[slice]:
@@ -90,6 +93,11 @@ def class_context_in_chunks(
     the pre-norm residual FFN, exactly as the unchunked heads do.
     """
     slices = class_slices(cost.shape[1], chunk)
+    if len(slices) == 1:  # one chunk: attend directly (the two passes would normalise and project it twice)
+        x = per_class(cost)
+        tokens = x.flatten(0, 1)
+        tokens = tokens + class_attn(norm_class(tokens))
+        return slices, [(tokens + ffn(norm_ffn(tokens))).view(x.shape)]
     feats: List = []
     kv = k_sum = None
     for s in slices:  # pass 1: per-class features and the attention's sums over all classes
