@@ -141,6 +141,41 @@ def test_fast_decoder_matches_mask_decoder(vit_decoder):
     assert check_fast_decoder(decoder, prompt) < 1e-4
 
 
+def test_cpu_sub_batches_give_the_same_masks(vit_decoder, monkeypatch):
+    """On the CPU the prompts go through in passes sized by `cpu_batch_bytes` (fast_decoder.py, item 5): the
+    number of passes follows the budget, and every selection returns what one pass over all prompts returns."""
+    prompt, decoder = vit_decoder
+    g = torch.Generator().manual_seed(5)
+    emb = torch.randn(1, 256, 16, 16, generator=g)
+    coords = torch.rand(9, 1, 2, generator=g) * 256
+    labels = torch.ones(9, 1, dtype=torch.int)
+    per_prompt = 16 * 16 * 256 * 4  # one prompt's image tokens, fp32
+    whole = FastPointDecoder(decoder, cpu_batch_bytes=0)
+    split = FastPointDecoder(decoder, cpu_batch_bytes=2 * per_prompt + 1)
+    passes = []
+    original = FastPointDecoder._decode_prompts
+    monkeypatch.setattr(
+        FastPointDecoder, "_decode_prompts", lambda self, st, sp, *a: passes.append(sp.shape[0]) or original(self, st, sp, *a)
+    )
+    with torch.no_grad():
+        sparse, dense = prompt(points=(coords, labels), boxes=None, masks=None)
+        pe = prompt.get_dense_pe()
+        state = whole.prepare(emb, pe, dense[:1])
+        assert split.prompts_per_pass(state, 9) == 2 and whole.prompts_per_pass(state, 9) == 9
+        assert FastPointDecoder(decoder).prompts_per_pass(state, 64) == 32  # the 8 MiB default
+        for select in ("all", "amg", "best", "single"):
+            passes.clear()
+            ref_masks, ref_iou = whole(state, sparse, select, region=(5, 7))
+            assert passes == [9]
+            passes.clear()
+            masks, iou = split(state, sparse, select, region=(5, 7))
+            assert passes == [2, 2, 2, 2, 1]
+            assert masks.shape == ref_masks.shape and iou.shape == ref_iou.shape
+            assert torch.allclose(masks, ref_masks, atol=1e-4) and torch.allclose(iou, ref_iou, atol=1e-5)
+    with pytest.raises(ValueError, match="cpu_batch_bytes"):
+        FastPointDecoder(decoder, cpu_batch_bytes=-1)
+
+
 def test_changed_mask_decoder_is_refused(vit_decoder, monkeypatch):
     prompt, decoder = vit_decoder
     original = MaskDecoder.predict_masks
