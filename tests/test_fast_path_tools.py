@@ -27,7 +27,10 @@ def test_sam_benchmark_modes_report_times_errors_and_masks(tmp_path):
     assert json.loads((tmp_path / "enc.json").read_text())["sdpa_amp"]["ms"] > 0
     dec = tool.main(["decoder", "--embedding", "8", "--points", "6", "--repeats", "1"])
     modes = dec["modes"]
-    assert set(modes) == {f"{d}/{m}" for d in ("reference", "fast") for m in ("amg", "best", "single")}
+    assert set(modes) == {f"{d}/{m}" for d in ("reference", "fast") for m in ("amg", "best", "single")} | {
+        "fast/best 1 pass"
+    }
+    assert modes["fast/best 1 pass"]["masks"] == modes["fast/best"]["masks"]
     assert modes["fast/amg"]["masks"] == modes["reference/amg"]["masks"] == 18  # NMS off: 3 per point
     assert modes["fast/best"]["masks"] == 6 and "transformer" in modes["fast/best"]["stages_ms"]
     grid = tool.main(["grid", "--model-type", "tiny", "--image-size", "128", "--grid", "4", "--repeats", "1"])

@@ -13,7 +13,8 @@ error and the IoU of the masks decoded from each embedding (same points). decode
 `PointPromptedSAM.generate` split into prompt encoder / two-way transformer / output upscaling / IoU head /
 filters / boxes / NMS / resampling, for the reference decoder and the fast one in every `masks_per_point` mode
 (SAM's decoder is the same for every type: 256 wide, depth 2; `--embedding 64` is SAM at 1024; stage shares
-come from a second, instrumented run). grid: the
+come from a second, instrumented run); "fast/best 1 pass" is fast/best without the CPU sub-batches (every chunk of
+--points-per-batch prompts in one pass). grid: the
 dense-grid path (`--grid`² points, all 3 candidates, full-resolution masks) against SamAutomaticMaskGenerator
 at equal settings, both including the image encoder. Filters are permissive so that masks flow with random
 weights. Runs are interleaved and the minimum of `--repeats` is reported (shared machines are noisy).
@@ -204,6 +205,10 @@ def bench_decoder(args, device) -> Dict:
                for fast in (False, True) for mode in ("amg", "best", "single")}
     gens = {k: PointPromptedSAM(sam, size, args.points_per_batch, box_nms_thresh=args.nms, masks_per_point=mode,
                                 fast_decoder=fast, **PERMISSIVE) for k, (fast, mode) in configs.items()}
+    # the fast decoder without its CPU sub-batches: the whole chunk in one pass (fast_decoder.py, item 5)
+    gens["fast/best 1 pass"] = PointPromptedSAM(sam, size, args.points_per_batch, box_nms_thresh=args.nms,
+                                                masks_per_point="best", **PERMISSIVE)
+    gens["fast/best 1 pass"]._fast.cpu_batch_bytes = 0
     fns = {k: (lambda g_=g_: g_.generate(emb, points, (h, w), out_size)) for k, g_ in gens.items()}
     totals = _min_times(fns, args.repeats, device)
     out = {"points": args.points, "embedding": e, "device": str(device), "modes": {}}

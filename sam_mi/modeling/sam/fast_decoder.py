@@ -25,10 +25,11 @@ function (same modules, same weights) with the same layers and a different order
 5. On the CPU the prompts pass through in sub-batches whose per-prompt image tokens ([n, N, C] fp32) fit in
    `cpu_batch_bytes` (8 MiB by default, about one L3 slice): every step above is a pass over such tensors, and
    64 prompts at once (64 MiB per tensor for SAM at 512, 256 MiB at 1024) stream each pass from DRAM.
-   Measured on one core of the development machine (AMD EPYC, 32 MiB L3), ViT-B's decoder, 64 points:
-   15.2 -> 9.1 ms per point at a 32x32 embedding (8 prompts per pass), 58.4 -> 34.3 ms at 64x64 (1 or 2);
-   tools/benchmark_sam_decoding.py decoder reports it. Each prompt's computation is independent of the others,
-   so the outputs are the same to float rounding. On CUDA the whole chunk goes at once (big batches pay).
+   Measured on one core of the development machine (AMD EPYC), SAM's decoder, 64 points, "best" masks
+   (`tools/benchmark_sam_decoding.py decoder --points 64 --embedding E --threads 1 --clock process`, rows
+   "fast/best 1 pass" and "fast/best"): 13.7 -> 8.6 ms per point at E = 32 (SAM at 512; 8 prompts per pass),
+   56.4 -> 38.4 ms at E = 64 (SAM at 1024; 2 per pass). Each prompt's computation is independent of the
+   others, so the outputs are the same to float rounding. On CUDA the whole chunk goes at once (big batches pay).
 
 Per prompt this is ~0.42 G multiply-adds in the transformer instead of ~1.34 G; the output upscaling (~0.4 G,
 unchanged in amount) is then the largest part. The results equal the original to float rounding
