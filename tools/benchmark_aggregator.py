@@ -18,7 +18,6 @@ hardly disturb (with several threads, CPU time would also count the threads' spi
 import argparse
 import importlib
 import importlib.util
-import json
 import os
 import subprocess
 import sys
@@ -156,9 +155,10 @@ def main(argv: List[str] = None) -> List[Dict]:
                     line += f" | {cols(r['baseline'])} | {r['speedup']:7.2f} {r['max_abs_diff']:9.2e}"
                 print(line)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"threads": torch.get_num_threads(), "clock": args.clock, "baseline_rev": args.baseline_rev,
-                       "rows": rows}, f, indent=1)
+        from sam_mi.utils.atomic_io import write_json_atomic
+
+        write_json_atomic(args.json, {"threads": torch.get_num_threads(), "clock": args.clock,
+                                      "baseline_rev": args.baseline_rev, "rows": rows})
     return rows
 
 

@@ -21,7 +21,6 @@ weights. Runs are interleaved and the minimum of `--repeats` is reported (shared
 """
 
 import argparse
-import json
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ import sam_mi.modeling.sam.point_decoder as point_decoder
 from sam_mi.modeling.sam import PointPromptedSAM, build_official_architecture, build_tiny_sam, sam_param_count
 from sam_mi.modeling.sam.fast_attention import apply_sam_fast_path, remove_sam_fast_path
 from sam_mi.modeling.sam.fast_decoder import FastPointDecoder
+from sam_mi.utils.atomic_io import write_json_atomic
 
 PERMISSIVE = dict(pred_iou_thresh=-1e9, stability_score_thresh=0.0, stability_score_offset=1.0)
 
@@ -317,8 +317,7 @@ def main(argv: List[str] = None) -> Dict:
     out["threads"] = torch.get_num_threads()
     out["clock"] = args.clock
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+        write_json_atomic(args.json, out)
     return out
 
 

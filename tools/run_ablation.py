@@ -267,13 +267,9 @@ def row_lines(row: Row, results_json: str, stage1_dir: Optional[str] = None, lam
 
 
 def write_atomic(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from sam_mi.utils.atomic_io import write_text_atomic  # the package's one atomic writer (lazy: a light CLI)
+
+    write_text_atomic(path, text)
 
 
 # ----------------------------------------------------------------------------- CLI
