@@ -154,9 +154,12 @@ def test_cpu_sub_batches_give_the_same_masks(vit_decoder, monkeypatch):
     split = FastPointDecoder(decoder, cpu_batch_bytes=2 * per_prompt + 1)
     passes = []
     original = FastPointDecoder._decode_prompts
-    monkeypatch.setattr(
-        FastPointDecoder, "_decode_prompts", lambda self, st, sp, *a: passes.append(sp.shape[0]) or original(self, st, sp, *a)
-    )
+
+    def counted(self, state, sparse, *args):
+        passes.append(sparse.shape[0])
+        return original(self, state, sparse, *args)
+
+    monkeypatch.setattr(FastPointDecoder, "_decode_prompts", counted)
     with torch.no_grad():
         sparse, dense = prompt(points=(coords, labels), boxes=None, masks=None)
         pe = prompt.get_dense_pe()

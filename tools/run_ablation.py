@@ -266,12 +266,6 @@ def row_lines(row: Row, results_json: str, stage1_dir: Optional[str] = None, lam
     return lines
 
 
-def write_atomic(path: str, text: str) -> None:
-    from sam_mi.utils.atomic_io import write_text_atomic  # the package's one atomic writer (lazy: a light CLI)
-
-    write_text_atomic(path, text)
-
-
 # ----------------------------------------------------------------------------- CLI
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -315,8 +309,10 @@ def run_row(row: Row, args) -> int:
     text = "\n".join(row_lines(row, results, stage1_dir, lambda_mse)) + "\n"
     print(text, flush=True)
     if not args.dry_run and os.path.isfile(results):
+        from sam_mi.utils.atomic_io import write_text_atomic  # lazy, as the other sam_mi imports of this CLI
+
         path = os.path.join(os.path.dirname(results), f"ablation_{row.name}.md")
-        write_atomic(path, text)
+        write_text_atomic(path, text)
         print(f"written: {path}", flush=True)
     return 0
 

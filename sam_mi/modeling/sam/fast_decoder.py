@@ -224,10 +224,10 @@ class FastPointDecoder(nn.Module):
     # ------------------------------------------------------------------ per prompt
     def prompts_per_pass(self, state: ImageState, n: int) -> int:
         """How many of n prompts go through `forward` together (docstring, item 5): all of them on CUDA or
-        with ``cpu_batch_bytes`` 0, else as many as keep [n, N, C] fp32 within ``cpu_batch_bytes`` (>= 1)."""
+        with ``cpu_batch_bytes`` 0, else as many as keep [n, N, C] within ``cpu_batch_bytes`` (>= 1)."""
         if state.x.device.type != "cpu" or self.cpu_batch_bytes == 0:
             return max(n, 1)
-        per_prompt = state.x.numel() * 4  # one prompt's image tokens, fp32
+        per_prompt = state.x.numel() * state.x.element_size()  # one prompt's image tokens
         return max(1, min(n, self.cpu_batch_bytes // per_prompt))
 
     @torch.no_grad()
