@@ -206,7 +206,10 @@ class SAMMI(nn.Module):
         image = x["image"].to(self.device).float()
         height, width = x.get("height", image.shape[-2]), x.get("width", image.shape[-1])
         stats: Dict[str, List[int]] = {"num_points": [], "num_sam_masks": [], "num_masks": []}
-        targets = self.oracle_labels(x["sem_seg"].to(self.device)[None]) if "sem_seg" in x else None
+        # labels go to the device only when the oracle needs them (not on every evaluated image)
+        targets = None
+        if self.oracle_masks and "sem_seg" in x:
+            targets = self.oracle_labels(x["sem_seg"].to(self.device)[None])
         # Eq. 2's sampling at test time: one stream per image, the same in every run and on any number of GPUs
         generator = sampling_generator(image_seed(self.inference_seed, image_key(x)))
         frames = None  # SAM once per image: the views' boxes in the image
